@@ -1,0 +1,3 @@
+from codex_ingest.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,90 @@
+"""The application factory: routes, middlewares and the database pool."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import asyncpg
+from aiohttp import web
+from aiohttp_prometheus_exporter.handler import metrics as metrics_handler
+from aiohttp_prometheus_exporter.middleware import prometheus_middleware_factory
+from prometheus_client import CollectorRegistry
+
+from codex_ingest import keys
+from codex_ingest.ingest import ingest
+from codex_ingest.metrics import ServiceMetrics
+from codex_ingest.middleware import Handler, errors_as_json, request_id
+from codex_ingest.probes import healthz, readyz
+from codex_ingest.queries import Queries, load_queries
+from codex_ingest.settings import Settings
+from codex_ingest.signatures import HmacSha256Verifier
+from codex_ingest.store import EventStore
+
+log = logging.getLogger("codex_ingest")
+
+# Applied to every pooled connection. synchronous_commit is pinned on so
+# that a server or role configured otherwise cannot turn a 2xx into
+# "committed unless the server crashes in the next moment".
+SERVER_SETTINGS = {"application_name": "codex-ingest", "synchronous_commit": "on"}
+
+
+def create_app(settings: Settings, *, queries: Queries | None = None) -> web.Application:
+    """Build the service. ``settings.database_url`` must point at a migrated database."""
+    if settings.database_url is None:
+        raise ValueError("create_app needs settings.database_url (serve resolves the embedded one)")
+    registry = CollectorRegistry(auto_describe=True)
+    middlewares: list[Handler | object] = [request_id]
+    if not settings.metrics_remote_label:
+        middlewares.append(_hide_client_address)
+    middlewares += [prometheus_middleware_factory("aiohttp", registry=registry), errors_as_json]
+
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)  # type: ignore[arg-type]
+    app[keys.SETTINGS] = settings
+    app[keys.QUERIES] = queries if queries is not None else load_queries()
+    app[keys.METRICS] = ServiceMetrics(registry)
+    app[keys.VERIFIER] = HmacSha256Verifier(settings.webhook_secret)
+    app.cleanup_ctx.append(_database)
+
+    app.router.add_post("/pos/{source}/ingest", ingest)
+    app.router.add_get("/healthz", healthz, allow_head=True)
+    app.router.add_get("/readyz", readyz, allow_head=True)
+    app.router.add_get("/metrics", metrics_handler(registry))
+    return app
+
+
+@web.middleware
+async def _hide_client_address(request: web.Request, handler: Handler) -> web.StreamResponse:
+    # The exporter labels every series with request.remote: one set of
+    # series per client address, unbounded when providers post from many
+    # addresses. Present one constant address to it instead.
+    return await handler(request.clone(remote="-"))
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    pool = await asyncpg.create_pool(
+        settings.database_url,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        timeout=settings.db_connect_timeout,
+        command_timeout=settings.db_command_timeout,
+        server_settings=SERVER_SETTINGS,
+    )
+    app[keys.STORE] = EventStore(
+        pool,
+        app[keys.QUERIES],
+        acquire_timeout=settings.db_connect_timeout,
+        retry_after=settings.retry_after_seconds,
+    )
+    app[keys.METRICS].watch_pool(pool.get_size, lambda: pool.get_size() - pool.get_idle_size())
+    try:
+        yield
+    finally:
+        try:
+            await asyncio.wait_for(pool.close(), timeout=settings.db_command_timeout)
+        except (asyncio.TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            # A connection that will not close politely (the server is gone,
+            # or a statement is stuck) must not hold up shutdown.
+            pool.terminate()

@@ -1,0 +1,84 @@
+"""Domain errors. Each knows its HTTP status, its JSON error code and the
+metrics outcome it counts as; ``middleware.py`` turns them into responses.
+The docstring is the default detail sent to the client."""
+
+from __future__ import annotations
+
+
+class IngestError(Exception):
+    """The request was rejected."""
+
+    status: int = 400
+    code: str = "bad_request"
+    outcome: str = "rejected_input"
+    headers: dict[str, str] | None = None
+
+    def __init__(self, detail: str | None = None) -> None:
+        self.detail = detail or (self.__doc__ or "").strip()
+        super().__init__(self.detail)
+
+
+class InvalidSource(IngestError):
+    """source must match ^[a-z0-9][a-z0-9_-]{0,63}$."""
+
+    code = "invalid_source"
+
+
+class InvalidTenant(IngestError):
+    """X-Tenant-Id (or ?tenant=) is required and must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$."""
+
+    code = "invalid_tenant"
+
+
+class InvalidIdempotencyKey(IngestError):
+    """Idempotency-Key must be 1-255 printable ASCII characters."""
+
+    code = "invalid_idempotency_key"
+
+
+class UnsupportedMediaType(IngestError):
+    """Content-Type must be application/json."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+class PayloadTooLarge(IngestError):
+    """The body is larger than MAX_BODY_BYTES."""
+
+    status = 413
+    code = "payload_too_large"
+
+
+class InvalidJSON(IngestError):
+    """The body must be UTF-8 JSON (an object or an array)."""
+
+    code = "invalid_json"
+
+
+class InvalidSignature(IngestError):
+    """X-Signature is missing or does not match the body."""
+
+    status = 401
+    code = "invalid_signature"
+    outcome = "rejected_signature"
+
+
+class IdempotencyKeyReused(IngestError):
+    """This Idempotency-Key was already used with a different body; nothing was replaced."""
+
+    status = 422
+    code = "idempotency_key_reused"
+    outcome = "conflict"
+
+
+class DatabaseUnavailable(IngestError):
+    """The database is unavailable; the event was not stored. Retry later."""
+
+    status = 503
+    code = "database_unavailable"
+    outcome = "unavailable"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int = 5) -> None:
+        super().__init__(detail)
+        self.headers = {"Retry-After": str(retry_after)}

@@ -1,0 +1,42 @@
+"""POST /pos/{source}/ingest: verify, deduplicate, store, acknowledge."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from codex_ingest.errors import IdempotencyKeyReused, IngestError
+from codex_ingest.intake import read_event
+from codex_ingest.keys import METRICS, SETTINGS, STORE, VERIFIER
+from codex_ingest.responses import json_response
+from codex_ingest.store import Outcome
+
+_REPLAYED = {"Idempotent-Replayed": "true"}
+
+
+async def ingest(request: web.Request) -> web.Response:
+    app = request.app
+    metrics = app[METRICS]
+    started = time.perf_counter()
+    source = request.match_info["source"]
+    try:
+        event = await read_event(request, app[VERIFIER], app[SETTINGS].max_body_bytes)
+        result = await app[STORE].store_event(event)
+        if result.outcome is Outcome.CONFLICT:
+            raise IdempotencyKeyReused()
+    except IngestError as exc:
+        metrics.record(source, exc.outcome, time.perf_counter() - started)
+        raise
+    metrics.record(source, result.outcome.value, time.perf_counter() - started)
+    if result.outcome is Outcome.ACCEPTED:
+        return json_response({"status": "accepted", "event_id": result.event_id}, status=201)
+    return json_response(
+        {
+            "status": "duplicate",
+            "event_id": result.event_id,
+            "received_at": result.received_at.isoformat(),
+        },
+        status=200,
+        headers=_REPLAYED,
+    )

@@ -1,0 +1,17 @@
+"""Typed keys for what the Application holds."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from codex_ingest.metrics import ServiceMetrics
+from codex_ingest.queries import Queries
+from codex_ingest.settings import Settings
+from codex_ingest.signatures import HmacSha256Verifier
+from codex_ingest.store import EventStore
+
+SETTINGS = web.AppKey("settings", Settings)
+QUERIES = web.AppKey("queries", Queries)
+METRICS = web.AppKey("metrics", ServiceMetrics)
+VERIFIER = web.AppKey("verifier", HmacSha256Verifier)
+STORE = web.AppKey("store", EventStore)

@@ -1,0 +1,91 @@
+"""The service's own Prometheus metrics (the HTTP ones come from
+aiohttp-prometheus-exporter's middleware, wired in app.py).
+
+Labels stay bounded: no tenant label, outcomes are a fixed set, and the
+source label takes the first ``MAX_SOURCE_LABELS`` names seen, then
+"_other", so a caller inventing source names cannot grow the series.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from codex_ingest import __version__
+
+OUTCOMES = (
+    "accepted",
+    "duplicate",
+    "conflict",
+    "rejected_signature",
+    "rejected_input",
+    "unavailable",
+)
+MAX_SOURCE_LABELS = 100
+OTHER_SOURCE = "_other"
+
+_DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class ServiceMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self._events = Counter(
+            "codex_ingest_events",
+            "Ingest requests by source and outcome.",
+            ["source", "outcome"],
+            registry=registry,
+        )
+        self._duration = Histogram(
+            "codex_ingest_ingest_duration_seconds",
+            "Time to answer an ingest request, by outcome.",
+            ["outcome"],
+            buckets=_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self._pool_size = Gauge(
+            "codex_ingest_db_pool_size", "Connections open in the database pool.", registry=registry
+        )
+        self._pool_in_use = Gauge(
+            "codex_ingest_db_pool_in_use", "Pool connections currently lent out.", registry=registry
+        )
+        build_info = Gauge(
+            "codex_ingest_build_info", "Always 1; the version is a label.", ["version"], registry=registry
+        )
+        build_info.labels(version=__version__).set(1)
+        # Label children cached per (source, outcome): .labels() takes a lock
+        # and hashes every call, which the hot path does not need to repeat.
+        self._children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        self._sources: set[str] = set()
+
+    def record(self, source: str, outcome: str, seconds: float) -> None:
+        children = self._children.get((source, outcome))
+        if children is None:
+            children = self._add_children(source, outcome)
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def _add_children(self, source: str, outcome: str) -> tuple[Counter, Histogram]:
+        label = source
+        if source not in self._sources:
+            if len(self._sources) < MAX_SOURCE_LABELS:
+                self._sources.add(source)
+            else:
+                label = OTHER_SOURCE
+        children = (
+            self._events.labels(source=label, outcome=outcome),
+            self._duration.labels(outcome=outcome),
+        )
+        if label != OTHER_SOURCE:
+            self._children[(source, outcome)] = children
+        return children
+
+    def watch_pool(self, size: Callable[[], int], in_use: Callable[[], int]) -> None:
+        """Read the pool's gauges at scrape time."""
+        self._pool_size.set_function(size)
+        self._pool_in_use.set_function(in_use)
+
+    def exposition(self) -> bytes:
+        return prometheus_client.generate_latest(self.registry)

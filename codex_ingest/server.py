@@ -1,0 +1,67 @@
+"""Runs the application on uvloop until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import signal
+
+import asyncpg
+import uvloop
+from aiohttp import web
+from aiohttp.web_log import AccessLogger
+
+from codex_ingest import __version__
+from codex_ingest.app import create_app
+from codex_ingest.logs import JsonAccessLogger
+from codex_ingest.settings import Settings
+
+log = logging.getLogger("codex_ingest")
+
+# Seconds in-flight requests get to finish after SIGTERM before they are cancelled.
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+class StartupError(Exception):
+    """The service could not start; the message says why in one line."""
+
+
+def run(settings: Settings) -> None:
+    uvloop.run(_serve(settings))
+
+
+async def _serve(settings: Settings) -> None:
+    app = create_app(settings)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=logging.getLogger("codex_ingest.access") if settings.access_log else None,
+        access_log_class=JsonAccessLogger if settings.access_log else AccessLogger,
+        shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
+    )
+    try:
+        await runner.setup()  # opens the pool
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        await runner.cleanup()
+        raise StartupError(f"cannot connect to the database: {exc.__class__.__name__}: {exc}") from None
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
+        try:
+            await site.start()
+        except OSError as exc:
+            hint = " (is another codex-ingest serve running?)" if exc.errno == errno.EADDRINUSE else ""
+            raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}{hint}") from None
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
+        log.info(
+            "serving",
+            extra={"host": settings.host, "port": settings.port, "version": __version__, "settings": repr(settings)},
+        )
+        await stopping.wait()
+        log.info("shutting down", extra={"grace_seconds": SHUTDOWN_GRACE_SECONDS})
+    finally:
+        await runner.cleanup()
+    log.info("stopped")

@@ -1,0 +1,211 @@
+"""Settings: one frozen dataclass, read once from flags and the environment.
+
+Every setting is declared once in ``OPTIONS``; the CLI builds its flags from
+that table and ``.env.example`` documents the same names, so the three cannot
+drift apart. A flag wins over the environment, which wins over the default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A setting is missing or has a value the service cannot use."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    # repr=False: secrets and URLs with passwords must never reach a log line.
+    webhook_secret: str = field(repr=False)
+    database_url: str | None = field(default=None, repr=False)
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path(".codex-ingest/pgdata")
+    migrate: bool = True
+    db_pool_min: int = 2
+    db_pool_max: int = 16
+    db_connect_timeout: float = 5.0
+    db_command_timeout: float = 5.0
+    max_body_bytes: int = 1024 * 1024
+    retry_after_seconds: int = 5
+    log_level: str = "INFO"
+    access_log: bool = False
+    metrics_remote_label: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One setting: its environment variable, its flag and how to parse it."""
+
+    attr: str
+    env: str
+    parse: Callable[[str], Any]
+    help: str
+    metavar: str = "VALUE"
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.attr.replace("_", "-")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be between 0 and 65535")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be one of true/false, yes/no, on/off, 1/0")
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return level
+
+
+_URL_SCHEME = re.compile(r"^postgres(ql)?://", re.IGNORECASE)
+
+
+def _database_url(text: str) -> str:
+    if not _URL_SCHEME.match(text):
+        # Never echo the value: it may hold a password.
+        raise ValueError("must start with postgresql:// or postgres://")
+    return text
+
+
+def _secret(text: str) -> str:
+    if not text:
+        raise ValueError("must not be empty")
+    return text
+
+
+def _non_empty(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text.strip()
+
+
+# Options shared by every subcommand that talks to the database.
+DATABASE_OPTIONS: tuple[Option, ...] = (
+    Option("database_url", "DATABASE_URL", _database_url,
+           "PostgreSQL URL; unset: start the embedded PostgreSQL in --data-dir", "URL"),
+    Option("data_dir", "CODEX_DATA_DIR", Path,
+           "data directory of the embedded PostgreSQL (default .codex-ingest/pgdata)", "PATH"),
+    Option("log_level", "LOG_LEVEL", _log_level,
+           "DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO)", "LEVEL"),
+)
+
+SERVE_OPTIONS: tuple[Option, ...] = DATABASE_OPTIONS + (
+    Option("webhook_secret", "WEBHOOK_SECRET", _secret,
+           "HMAC-SHA256 key that signs every webhook body (required)", "SECRET"),
+    Option("host", "HOST", _non_empty, "address to listen on (default 127.0.0.1)", "HOST"),
+    Option("port", "PORT", _port, "port to listen on (default 8080)", "PORT"),
+    Option("db_pool_min", "DB_POOL_MIN", _non_negative_int,
+           "connections the pool keeps open (default 2)", "N"),
+    Option("db_pool_max", "DB_POOL_MAX", _positive_int,
+           "most connections the pool opens (default 16)", "N"),
+    Option("db_connect_timeout", "DB_CONNECT_TIMEOUT", _positive_float,
+           "seconds to wait for a connection before answering 503 (default 5)", "SECONDS"),
+    Option("db_command_timeout", "DB_COMMAND_TIMEOUT", _positive_float,
+           "seconds one statement may run before answering 503 (default 5)", "SECONDS"),
+    Option("max_body_bytes", "MAX_BODY_BYTES", _positive_int,
+           "largest accepted body in bytes; larger is 413 (default 1048576)", "BYTES"),
+    Option("retry_after_seconds", "RETRY_AFTER_SECONDS", _positive_int,
+           "Retry-After sent with 503 (default 5)", "SECONDS"),
+    Option("access_log", "ACCESS_LOG", _bool,
+           "log one JSON line per request (default off: it costs throughput)", "BOOL"),
+    Option("metrics_remote_label", "METRICS_REMOTE_LABEL", _bool,
+           "label HTTP metrics with the client address (default off: unbounded series)", "BOOL"),
+)
+
+MIGRATE_OPTIONS: tuple[Option, ...] = DATABASE_OPTIONS
+
+
+def load_settings(
+    options: tuple[Option, ...],
+    flags: Mapping[str, str | None],
+    environ: Mapping[str, str],
+    **fixed: Any,
+) -> Settings:
+    """Build Settings from raw flag and environment strings.
+
+    ``flags`` maps attribute names to the flag's raw text (None when the flag
+    was not given); ``fixed`` holds values the CLI already knows (booleans
+    from switches). Raises ConfigError with a one-line message naming the
+    variable and flag; never includes the offending value of a secret.
+    """
+    values: dict[str, Any] = {}
+    for option in options:
+        raw = flags.get(option.attr)
+        origin = option.flag
+        if raw is None:
+            raw = environ.get(option.env)
+            origin = option.env
+        if raw is None or (raw == "" and option.attr != "webhook_secret"):
+            continue
+        try:
+            values[option.attr] = option.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{origin} {_reason(exc)}") from None
+    values.update(fixed)
+    if "webhook_secret" not in values:
+        if any(option.attr == "webhook_secret" for option in options):
+            raise ConfigError(
+                "WEBHOOK_SECRET is required: set the environment variable or pass --webhook-secret"
+            )
+        values["webhook_secret"] = ""
+    settings = Settings(**values)
+    if settings.db_pool_min > settings.db_pool_max:
+        raise ConfigError(
+            f"DB_POOL_MIN ({settings.db_pool_min}) must not exceed DB_POOL_MAX ({settings.db_pool_max})"
+        )
+    return settings
+
+
+def _reason(exc: ValueError) -> str:
+    text = str(exc)
+    # int()/float() errors quote the bad input ("invalid literal ... 'x'"):
+    # keep the message short and free of values.
+    if text.startswith(("invalid literal", "could not convert")):
+        return "must be a number"
+    return text
+
+
+def with_database_url(settings: Settings, url: str) -> Settings:
+    """A copy of settings pointing at the resolved database (embedded or not)."""
+    return dataclasses.replace(settings, database_url=url)

@@ -1,0 +1,3 @@
+-- name: ping
+-- Readiness probe: one round trip to the server. Returns 1.
+SELECT 1;
