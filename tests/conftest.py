@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from codex_ingest import migrations
+from codex_ingest.app import create_app
+from codex_ingest.settings import Settings
+from tests import pg
+from tests.helpers import SECRET
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Admin URL of the session's PostgreSQL server."""
+    external = pg.external_admin_url()
+    if external is not None:
+        yield external
+        return
+    server = pg.start_embedded_server(tmp_path_factory.mktemp("pg"))
+    try:
+        yield server.admin_url
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def new_database(pg_admin_url: str) -> Iterator[Callable[[], str]]:
+    """Factory: a fresh, empty database on the session's server; dropped after the test."""
+    created: list[str] = []
+
+    def make() -> str:
+        name, url = pg.create_database(pg_admin_url)
+        created.append(name)
+        return url
+
+    yield make
+    for name in created:
+        pg.drop_database(pg_admin_url, name)
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_admin_url: str) -> Iterator[str]:
+    """A migrated database shared by the session's HTTP tests."""
+    name, url = pg.create_database(pg_admin_url)
+    migrations.apply_all(url)
+    try:
+        yield url
+    finally:
+        pg.drop_database(pg_admin_url, name)
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the shared database, emptied of events first."""
+    conn = await asyncpg.connect(database_url)
+    await conn.execute("TRUNCATE events RESTART IDENTITY")
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(
+        webhook_secret=SECRET,
+        database_url=database_url,
+        db_pool_min=1,
+        db_pool_max=8,
+        max_body_bytes=64 * 1024,
+    )
+
+
+@pytest.fixture
+async def client(
+    aiohttp_client: Callable[..., AsyncIterator[TestClient]],
+    settings: Settings,
+    db: asyncpg.Connection,
+) -> TestClient:
+    return await aiohttp_client(create_app(settings))  # type: ignore[misc, no-any-return]
+
+
+@pytest.fixture
+def make_client(
+    aiohttp_client: Callable[..., AsyncIterator[TestClient]], settings: Settings, db: asyncpg.Connection
+) -> Callable[..., object]:
+    """Factory for a client whose settings differ from the default ones."""
+
+    async def make(**changes: object) -> TestClient:
+        return await aiohttp_client(create_app(replace(settings, **changes)))  # type: ignore[misc, no-any-return]
+
+    return make

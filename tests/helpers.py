@@ -1,0 +1,32 @@
+"""Small helpers shared by the tests: signing, payloads, posting."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from pathlib import Path
+from typing import Any
+
+PAYLOADS = Path(__file__).resolve().parent.parent / "bench" / "payloads"
+SECRET = "test-secret-\u00e9-rotate-me"
+
+
+def sign(body: bytes, secret: str = SECRET) -> str:
+    # Written out here, not borrowed from the service's verifier, so the
+    # tests check the service against an independent signer.
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def payload(name: str) -> bytes:
+    return (PAYLOADS / f"{name}.json").read_bytes()
+
+
+PROVIDER_PAYLOADS = sorted(p.stem for p in PAYLOADS.glob("*.json"))
+
+
+def headers(body: bytes, tenant: str | None = "tenant-1", **extra: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"Content-Type": "application/json", "X-Signature": sign(body)}
+    if tenant is not None:
+        out["X-Tenant-Id"] = tenant
+    out.update(extra)
+    return out
