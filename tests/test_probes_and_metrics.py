@@ -1,0 +1,93 @@
+"""/healthz, /readyz and /metrics."""
+
+from __future__ import annotations
+
+from aiohttp.test_utils import TestClient
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from codex_ingest import __version__
+from codex_ingest.metrics import MAX_SOURCE_LABELS, OTHER_SOURCE, ServiceMetrics
+from tests.helpers import headers, sign
+
+URL = "/pos/square/ingest"
+BODY = b'{"k":"v"}'
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+async def test_healthz_and_readyz(client: TestClient) -> None:
+    health = await client.get("/healthz")
+    assert health.status == 200 and (await health.json())["status"] == "ok"
+    ready = await client.get("/readyz")
+    assert ready.status == 200 and (await ready.json())["status"] == "ready"
+
+
+async def test_events_total_counts_every_outcome(client: TestClient, db) -> None:
+    other = b'{"k":"other"}'
+    key = {"Idempotency-Key": "m-1"}
+    await client.post(URL, data=BODY, headers=headers(BODY, **key))                      # accepted
+    await client.post(URL, data=BODY, headers=headers(BODY, **key))                      # duplicate
+    await client.post(URL, data=other, headers=headers(other, **key))                    # conflict
+    await client.post(URL, data=BODY, headers=headers(BODY, **{"X-Signature": sign(b"")}))  # signature
+    await client.post(URL, data=BODY, headers=headers(BODY, tenant=None))                # input
+    await client.post(URL, data=b"nope", headers=headers(b"nope"))                       # input
+    found = samples(await (await client.get("/metrics")).text())
+
+    def count(outcome: str) -> float:
+        return found.get(("codex_ingest_events_total", (("outcome", outcome), ("source", "square"))), 0.0)
+
+    assert count("accepted") == 1
+    assert count("duplicate") == 1
+    assert count("conflict") == 1
+    assert count("rejected_signature") == 1
+    assert count("rejected_input") == 2
+    assert found[("codex_ingest_ingest_duration_seconds_count", (("outcome", "accepted"),))] == 1
+    assert found[("codex_ingest_build_info", (("version", __version__),))] == 1
+    assert found[("codex_ingest_db_pool_size", ())] >= 1
+    assert ("codex_ingest_db_pool_in_use", ()) in found
+    assert not any("tenant" in dict(labels) for _, labels in found)
+
+
+async def test_http_metrics_hide_the_client_address_by_default(client: TestClient, db) -> None:
+    await client.get("/healthz")
+    text = await (await client.get("/metrics")).text()
+    remotes = {dict(l).get("remote") for (n, l) in samples(text) if n.startswith("aiohttp_requests")}
+    assert remotes == {"-"}
+
+
+async def test_http_metrics_can_label_the_client_address(make_client, db) -> None:
+    client = await make_client(metrics_remote_label=True)
+    await client.get("/healthz")
+    text = await (await client.get("/metrics")).text()
+    remotes = {dict(l).get("remote") for (n, l) in samples(text) if n.startswith("aiohttp_requests")}
+    assert remotes == {"127.0.0.1"}
+
+
+async def test_http_metrics_count_statuses_as_answered(client: TestClient, db) -> None:
+    await client.post(URL, data=BODY, headers=headers(BODY, tenant=None))
+    text = await (await client.get("/metrics")).text()
+    statuses = {
+        dict(l)["status_code"]
+        for (n, l) in samples(text)
+        if n == "aiohttp_responses_total" and dict(l)["path_template"] == "/pos/{source}/ingest"
+    }
+    assert statuses == {"400"}
+
+
+def test_source_labels_are_bounded() -> None:
+    metrics = ServiceMetrics(CollectorRegistry())
+    for i in range(MAX_SOURCE_LABELS + 50):
+        metrics.record(f"src{i}", "rejected_signature", 0.001)
+    metrics.record("src0", "rejected_signature", 0.001)
+    found = samples(metrics.exposition().decode())
+    sources = {dict(l)["source"] for (n, l) in found if n == "codex_ingest_events_total"}
+    assert len(sources) == MAX_SOURCE_LABELS + 1
+    assert found[("codex_ingest_events_total", (("outcome", "rejected_signature"), ("source", OTHER_SOURCE)))] == 50
+    assert found[("codex_ingest_events_total", (("outcome", "rejected_signature"), ("source", "src0")))] == 2
