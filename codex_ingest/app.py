@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from codex_ingest import keys
 from codex_ingest.ingest import ingest
 from codex_ingest.metrics import ServiceMetrics
-from codex_ingest.middleware import Handler, errors_as_json, request_id
+from codex_ingest.middleware import Handler, errors_as_json, hide_client_address, request_id
 from codex_ingest.probes import healthz, readyz
 from codex_ingest.queries import Queries, load_queries
 from codex_ingest.settings import Settings
@@ -37,7 +37,7 @@ def create_app(settings: Settings, *, queries: Queries | None = None) -> web.App
     registry = CollectorRegistry(auto_describe=True)
     middlewares: list[Handler | object] = [request_id]
     if not settings.metrics_remote_label:
-        middlewares.append(_hide_client_address)
+        middlewares.append(hide_client_address)
     middlewares += [prometheus_middleware_factory("aiohttp", registry=registry), errors_as_json]
 
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)  # type: ignore[arg-type]
@@ -52,14 +52,6 @@ def create_app(settings: Settings, *, queries: Queries | None = None) -> web.App
     app.router.add_get("/readyz", readyz, allow_head=True)
     app.router.add_get("/metrics", metrics_handler(registry))
     return app
-
-
-@web.middleware
-async def _hide_client_address(request: web.Request, handler: Handler) -> web.StreamResponse:
-    # The exporter labels every series with request.remote: one set of
-    # series per client address, unbounded when providers post from many
-    # addresses. Present one constant address to it instead.
-    return await handler(request.clone(remote="-"))
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:

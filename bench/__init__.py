@@ -1,0 +1,1 @@
+"""Benchmarks: load generators and result checks, run outside the test suite."""
