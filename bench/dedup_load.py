@@ -53,7 +53,7 @@ async def run(
                         await resp.read()
                         status = resp.status
                         replayed = resp.headers.get("Idempotent-Replayed") == "true"
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, aiohttp.ClientError) as exc:
                     status, replayed = -1, False
                     other_statuses[type(exc).__name__] = other_statuses.get(type(exc).__name__, 0) + 1
                 latencies.append(time.perf_counter() - started)

@@ -76,7 +76,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     finally:
         try:
             await asyncio.wait_for(pool.close(), timeout=settings.db_command_timeout)
-        except (asyncio.TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             # A connection that will not close politely (the server is gone,
             # or a statement is stuck) must not hold up shutdown.
             pool.terminate()

@@ -118,7 +118,7 @@ def _serve(settings: Settings) -> int:
     if settings.migrate:
         try:
             applied = migrations.apply_all(settings.database_url)
-        except Exception as exc:  # noqa: BLE001 - any failure here is reported in one line
+        except Exception as exc:
             log.error("cannot apply migrations", extra={"error": f"{exc.__class__.__name__}: {exc}"})
             return EXIT_FAILURE
         log.info("migrations applied", extra={"applied": applied})
@@ -145,7 +145,7 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
         else:
             for state in migrations.status(settings.database_url):
                 print(f"[{'x' if state.applied else ' '}] {state.id}")
-    except Exception as exc:  # noqa: BLE001 - reported in one line, not a traceback
+    except Exception as exc:
         log.error("migration failed", extra={"error": f"{exc.__class__.__name__}: {exc}"})
         return EXIT_FAILURE
     return 0

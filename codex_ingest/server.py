@@ -42,7 +42,7 @@ async def _serve(settings: Settings) -> None:
     )
     try:
         await runner.setup()  # opens the pool
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         await runner.cleanup()
         raise StartupError(f"cannot connect to the database: {exc.__class__.__name__}: {exc}") from None
     try:

@@ -130,7 +130,8 @@ DATABASE_OPTIONS: tuple[Option, ...] = (
            "DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO)", "LEVEL"),
 )
 
-SERVE_OPTIONS: tuple[Option, ...] = DATABASE_OPTIONS + (
+SERVE_OPTIONS: tuple[Option, ...] = (
+    *DATABASE_OPTIONS,
     Option("webhook_secret", "WEBHOOK_SECRET", _secret,
            "HMAC-SHA256 key that signs every webhook body (required)", "SECRET"),
     Option("host", "HOST", _non_empty, "address to listen on (default 127.0.0.1)", "HOST"),

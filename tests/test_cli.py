@@ -9,11 +9,11 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
-import urllib.request
-import urllib.error
 
 from codex_ingest.settings import MIGRATE_OPTIONS, SERVE_OPTIONS
 from tests.helpers import SECRET, sign

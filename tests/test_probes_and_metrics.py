@@ -58,7 +58,7 @@ async def test_events_total_counts_every_outcome(client: TestClient, db) -> None
 async def test_http_metrics_hide_the_client_address_by_default(client: TestClient, db) -> None:
     await client.get("/healthz")
     text = await (await client.get("/metrics")).text()
-    remotes = {dict(l).get("remote") for (n, l) in samples(text) if n.startswith("aiohttp_requests")}
+    remotes = {dict(lbl).get("remote") for (n, lbl) in samples(text) if n.startswith("aiohttp_requests")}
     assert remotes == {"-"}
 
 
@@ -66,7 +66,7 @@ async def test_http_metrics_can_label_the_client_address(make_client, db) -> Non
     client = await make_client(metrics_remote_label=True)
     await client.get("/healthz")
     text = await (await client.get("/metrics")).text()
-    remotes = {dict(l).get("remote") for (n, l) in samples(text) if n.startswith("aiohttp_requests")}
+    remotes = {dict(lbl).get("remote") for (n, lbl) in samples(text) if n.startswith("aiohttp_requests")}
     assert remotes == {"127.0.0.1"}
 
 
@@ -74,9 +74,9 @@ async def test_http_metrics_count_statuses_as_answered(client: TestClient, db) -
     await client.post(URL, data=BODY, headers=headers(BODY, tenant=None))
     text = await (await client.get("/metrics")).text()
     statuses = {
-        dict(l)["status_code"]
-        for (n, l) in samples(text)
-        if n == "aiohttp_responses_total" and dict(l)["path_template"] == "/pos/{source}/ingest"
+        dict(lbl)["status_code"]
+        for (n, lbl) in samples(text)
+        if n == "aiohttp_responses_total" and dict(lbl)["path_template"] == "/pos/{source}/ingest"
     }
     assert statuses == {"400"}
 
@@ -87,7 +87,7 @@ def test_source_labels_are_bounded() -> None:
         metrics.record(f"src{i}", "rejected_signature", 0.001)
     metrics.record("src0", "rejected_signature", 0.001)
     found = samples(metrics.exposition().decode())
-    sources = {dict(l)["source"] for (n, l) in found if n == "codex_ingest_events_total"}
+    sources = {dict(lbl)["source"] for (n, lbl) in found if n == "codex_ingest_events_total"}
     assert len(sources) == MAX_SOURCE_LABELS + 1
     assert found[("codex_ingest_events_total", (("outcome", "rejected_signature"), ("source", OTHER_SOURCE)))] == 50
     assert found[("codex_ingest_events_total", (("outcome", "rejected_signature"), ("source", "src0")))] == 2
