@@ -13,6 +13,7 @@ from aiohttp_prometheus_exporter.middleware import prometheus_middleware_factory
 from prometheus_client import CollectorRegistry
 
 from codex_ingest import keys
+from codex_ingest.batching import BatchWriter, DirectWriter, EventWriter
 from codex_ingest.ingest import ingest
 from codex_ingest.metrics import ServiceMetrics
 from codex_ingest.middleware import Handler, errors_as_json, hide_client_address, request_id
@@ -64,16 +65,32 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         command_timeout=settings.db_command_timeout,
         server_settings=SERVER_SETTINGS,
     )
-    app[keys.STORE] = EventStore(
+    store = EventStore(
         pool,
         app[keys.QUERIES],
         acquire_timeout=settings.db_connect_timeout,
         retry_after=settings.retry_after_seconds,
     )
+    app[keys.STORE] = store
+    writer: EventWriter
+    if settings.batching:
+        writer = BatchWriter(
+            store,
+            max_rows=settings.batch_max_rows,
+            max_delay=settings.batch_max_delay_ms / 1000,
+            max_concurrent=settings.db_pool_max,
+            retry_after=settings.retry_after_seconds,
+        )
+    else:
+        writer = DirectWriter(store)
+    app[keys.WRITER] = writer
     app[keys.METRICS].watch_pool(pool.get_size, lambda: pool.get_size() - pool.get_idle_size())
     try:
         yield
     finally:
+        # Pending and in-flight batches are written and answered before the
+        # pool goes away.
+        await writer.close()
         try:
             await asyncio.wait_for(pool.close(), timeout=settings.db_command_timeout)
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):

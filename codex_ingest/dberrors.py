@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import asyncpg
+from asyncpg.exceptions._base import DataError as ClientDataError
 
 from codex_ingest.errors import DatabaseUnavailable
 
@@ -31,6 +32,11 @@ _UNREACHABLE = (
 
 
 def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, (ClientDataError, asyncpg.DataError)):
+        # A value the driver cannot encode, or one the server refuses (class
+        # 22): the row's fault, not the server's. The driver's own DataError
+        # subclasses InterfaceError, hence this check first.
+        return False
     if isinstance(exc, _UNREACHABLE):
         return True
     if isinstance(exc, asyncpg.PostgresError):

@@ -72,6 +72,12 @@ class IdempotencyKeyReused(IngestError):
     outcome = "conflict"
 
 
+class EventRejected(IngestError):
+    """The database rejected this event's values; it was not stored."""
+
+    code = "event_rejected"
+
+
 class DatabaseUnavailable(IngestError):
     """The database is unavailable; the event was not stored. Retry later."""
 

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from codex_ingest.errors import IdempotencyKeyReused, IngestError
 from codex_ingest.intake import read_event
-from codex_ingest.keys import METRICS, SETTINGS, STORE, VERIFIER
+from codex_ingest.keys import METRICS, SETTINGS, VERIFIER, WRITER
 from codex_ingest.responses import json_response
 from codex_ingest.store import Outcome
 
@@ -22,7 +22,7 @@ async def ingest(request: web.Request) -> web.Response:
     source = request.match_info["source"]
     try:
         event = await read_event(request, app[VERIFIER], app[SETTINGS].max_body_bytes)
-        result = await app[STORE].store_event(event)
+        result = await app[WRITER].submit(event)
         if result.outcome is Outcome.CONFLICT:
             raise IdempotencyKeyReused()
     except IngestError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from codex_ingest.batching import EventWriter
 from codex_ingest.metrics import ServiceMetrics
 from codex_ingest.queries import Queries
 from codex_ingest.settings import Settings
@@ -15,3 +16,4 @@ QUERIES = web.AppKey("queries", Queries)
 METRICS = web.AppKey("metrics", ServiceMetrics)
 VERIFIER = web.AppKey("verifier", HmacSha256Verifier)
 STORE = web.AppKey("store", EventStore)
+WRITER = web.AppKey("writer", EventWriter)

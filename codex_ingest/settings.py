@@ -8,6 +8,7 @@ drift apart. A flag wins over the environment, which wins over the default.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -37,6 +38,10 @@ class Settings:
     log_level: str = "INFO"
     access_log: bool = False
     metrics_remote_label: bool = False
+    batching: bool = True
+    batch_max_rows: int = 256
+    batch_max_delay_ms: float = 0.0
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +84,13 @@ def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise ValueError("must be greater than 0")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise ValueError("must be 0 or more")
     return value
 
 
@@ -152,6 +164,14 @@ SERVE_OPTIONS: tuple[Option, ...] = (
            "log one JSON line per request (default off: it costs throughput)", "BOOL"),
     Option("metrics_remote_label", "METRICS_REMOTE_LABEL", _bool,
            "label HTTP metrics with the client address (default off: unbounded series)", "BOOL"),
+    Option("batching", "BATCHING", _bool,
+           "coalesce concurrent ingests into one INSERT per batch (default on)", "BOOL"),
+    Option("batch_max_rows", "BATCH_MAX_ROWS", _positive_int,
+           "most events in one batch (default 256)", "N"),
+    Option("batch_max_delay_ms", "BATCH_MAX_DELAY_MS", _non_negative_float,
+           "longest wait for a batch to fill, in ms; 0: write as soon as a connection is free (default 0)", "MS"),
+    Option("workers", "WORKERS", _positive_int,
+           "server processes sharing the port (default: the number of CPU cores)", "N"),
 )
 
 MIGRATE_OPTIONS: tuple[Option, ...] = DATABASE_OPTIONS

@@ -1,28 +1,42 @@
-"""The write path: the one place an event is deduplicated and stored.
+"""The write path: the one place events are deduplicated and stored.
 
-``EventStore.store_event`` runs the single ``INSERT ... ON CONFLICT DO
-NOTHING RETURNING`` (sql/events.sql: insert_event). The statement runs in
-its own implicit transaction with synchronous_commit on, so when it returns
-a row the event is durable and the caller may answer 2xx.
+Two ways in, the same dedup underneath (sql/events.sql):
+
+* ``store_event``: one ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` per
+  event (insert_event) — used when batching is off.
+* ``store_batch``: many events in one such statement over arrays
+  (insert_events) — used by batching.BatchWriter.
+
+Each INSERT runs in its own implicit transaction with synchronous_commit
+on, so when it returns the rows it reports are durable and the caller may
+answer 2xx. A key the INSERT skipped is looked up in a second statement,
+whose fresh snapshot sees an original that committed while the INSERT
+waited on it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 
-from codex_ingest.dberrors import unavailable_on_failure
-from codex_ingest.errors import DatabaseUnavailable
+from codex_ingest.dberrors import ClientDataError, is_transient, unavailable_on_failure
+from codex_ingest.errors import DatabaseUnavailable, EventRejected, IngestError
 from codex_ingest.intake import IncomingEvent
 from codex_ingest.queries import Queries
+
+log = logging.getLogger("codex_ingest.store")
 
 # A key that conflicts yet cannot be found was deleted between the two
 # statements (possible once retention exists); trying again settles it.
 _MAX_ATTEMPTS = 3
+
+Key = tuple[str, str, str]
 
 
 class Outcome(enum.Enum):
@@ -36,6 +50,21 @@ class StoreResult:
     outcome: Outcome
     event_id: int
     received_at: datetime
+    stored_sha256: bytes  # digest of the body stored under the key
+
+
+def _describe(exc: BaseException) -> str:
+    # Class and SQLSTATE only: driver messages can quote parameter values.
+    return f"{exc.__class__.__name__} {getattr(exc, 'sqlstate', '') or ''}".strip()
+
+
+def key_of(event: IncomingEvent) -> Key:
+    return (event.tenant_id, event.source, event.idempotency_key)
+
+
+def _compare(event: IncomingEvent, event_id: int, received_at: datetime, stored_sha256: bytes) -> StoreResult:
+    same = stored_sha256 == event.body_sha256
+    return StoreResult(Outcome.DUPLICATE if same else Outcome.CONFLICT, event_id, received_at, stored_sha256)
 
 
 class EventStore:
@@ -50,45 +79,131 @@ class EventStore:
         retry_after: int,
     ) -> None:
         self._pool = pool
-        self._insert_sql = queries.sql("insert_event")
-        self._find_sql = queries.sql("find_event")
+        self._insert_one = queries.sql("insert_event")
+        self._find_one = queries.sql("find_event")
+        self._insert_many = queries.sql("insert_events")
+        self._find_many = queries.sql("find_events")
         self._ping_sql = queries.sql("ping")
         self._acquire_timeout = acquire_timeout
         self._retry_after = retry_after
 
+    def _unavailable(self, detail: str | None = None) -> DatabaseUnavailable:
+        return DatabaseUnavailable(detail, retry_after=self._retry_after)
+
+    # -- one event ------------------------------------------------------------
+
     async def store_event(self, event: IncomingEvent) -> StoreResult:
         with unavailable_on_failure(self._retry_after):
             async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
-                for _ in range(_MAX_ATTEMPTS):
-                    inserted = await conn.fetchrow(
-                        self._insert_sql,
-                        event.tenant_id,        # $1 tenant_id
-                        event.source,           # $2 source
-                        event.idempotency_key,  # $3 idempotency_key
-                        event.body_sha256,      # $4 body_sha256
-                        event.body,             # $5 body
-                        event.content_type,     # $6 content_type
-                    )
-                    if inserted is not None:
-                        return StoreResult(Outcome.ACCEPTED, inserted["id"], inserted["received_at"])
-                    # ON CONFLICT waited for a concurrent original to commit;
-                    # this second statement's snapshot sees it.
-                    existing = await conn.fetchrow(
-                        self._find_sql,
-                        event.tenant_id,        # $1 tenant_id
-                        event.source,           # $2 source
-                        event.idempotency_key,  # $3 idempotency_key
-                    )
-                    if existing is not None:
-                        same_body = bytes(existing["body_sha256"]) == event.body_sha256
-                        return StoreResult(
-                            Outcome.DUPLICATE if same_body else Outcome.CONFLICT,
-                            existing["id"],
-                            existing["received_at"],
-                        )
-        raise DatabaseUnavailable(
-            "the event's key kept changing state; retry", retry_after=self._retry_after
-        )
+                return await self._store_one(conn, event)
+
+    async def _store_one(self, conn: asyncpg.Connection, event: IncomingEvent) -> StoreResult:
+        for _ in range(_MAX_ATTEMPTS):
+            inserted = await conn.fetchrow(
+                self._insert_one,
+                event.tenant_id,        # $1 tenant_id
+                event.source,           # $2 source
+                event.idempotency_key,  # $3 idempotency_key
+                event.body_sha256,      # $4 body_sha256
+                event.body,             # $5 body
+                event.content_type,     # $6 content_type
+            )
+            if inserted is not None:
+                return StoreResult(Outcome.ACCEPTED, inserted["id"], inserted["received_at"], event.body_sha256)
+            existing = await conn.fetchrow(
+                self._find_one,
+                event.tenant_id,        # $1 tenant_id
+                event.source,           # $2 source
+                event.idempotency_key,  # $3 idempotency_key
+            )
+            if existing is not None:
+                return _compare(event, existing["id"], existing["received_at"], bytes(existing["body_sha256"]))
+        raise self._unavailable("the event's key kept changing state; retry")
+
+    # -- a micro-batch --------------------------------------------------------
+
+    async def store_batch(self, events: Sequence[IncomingEvent]) -> list[StoreResult | IngestError]:
+        """Store many events with one INSERT (one commit); a result or an error per event, in order.
+
+        Events sharing a key inside the batch are settled as across batches:
+        the first is the one stored (201); the others are duplicates of it or
+        conflicts with it. If the batch statement fails for a reason of one
+        row's own, each event is retried alone so that only that row fails.
+        Raises DatabaseUnavailable when the database cannot take the batch.
+        """
+        leaders: dict[Key, IncomingEvent] = {}
+        for event in events:
+            leaders.setdefault(key_of(event), event)
+        # Sorted by key: concurrent batches then lock index entries in one order.
+        ordered = [leaders[k] for k in sorted(leaders)]
+        with unavailable_on_failure(self._retry_after):
+            async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
+                try:
+                    settled: dict[Key, StoreResult | IngestError] = dict(await self._store_many(conn, ordered))
+                except (asyncpg.PostgresError, ClientDataError) as exc:
+                    if is_transient(exc):
+                        raise
+                    log.warning("batch rejected; storing its events one by one", extra={"error": _describe(exc)})
+                    settled = await self._store_each(conn, ordered)
+        results: list[StoreResult | IngestError] = []
+        for event in events:
+            key = key_of(event)
+            lead = settled[key]
+            if leaders[key] is event or isinstance(lead, IngestError):
+                results.append(lead)
+            else:
+                results.append(_compare(event, lead.event_id, lead.received_at, lead.stored_sha256))
+        return results
+
+    async def _store_many(self, conn: asyncpg.Connection, events: list[IncomingEvent]) -> dict[Key, StoreResult]:
+        settled: dict[Key, StoreResult] = {}
+        remaining = events
+        for _ in range(_MAX_ATTEMPTS):
+            rows = await conn.fetch(
+                self._insert_many,
+                [e.tenant_id for e in remaining],        # $1 tenant_id[]
+                [e.source for e in remaining],           # $2 source[]
+                [e.idempotency_key for e in remaining],  # $3 idempotency_key[]
+                [e.body_sha256 for e in remaining],      # $4 body_sha256[]
+                [e.body for e in remaining],             # $5 body[]
+                [e.content_type for e in remaining],     # $6 content_type[]
+            )
+            by_key = {key_of(e): e for e in remaining}
+            for row in rows:
+                key = (row["tenant_id"], row["source"], row["idempotency_key"])
+                settled[key] = StoreResult(Outcome.ACCEPTED, row["id"], row["received_at"], by_key[key].body_sha256)
+            skipped = [e for e in remaining if key_of(e) not in settled]
+            if not skipped:
+                return settled
+            found = await conn.fetch(
+                self._find_many,
+                [e.tenant_id for e in skipped],          # $1 tenant_id[]
+                [e.source for e in skipped],             # $2 source[]
+                [e.idempotency_key for e in skipped],    # $3 idempotency_key[]
+            )
+            for row in found:
+                key = (row["tenant_id"], row["source"], row["idempotency_key"])
+                settled[key] = _compare(by_key[key], row["id"], row["received_at"], bytes(row["body_sha256"]))
+            remaining = [e for e in skipped if key_of(e) not in settled]
+            if not remaining:
+                return settled
+        raise self._unavailable("some keys kept changing state; retry")
+
+    async def _store_each(
+        self, conn: asyncpg.Connection, events: list[IncomingEvent]
+    ) -> dict[Key, StoreResult | IngestError]:
+        settled: dict[Key, StoreResult | IngestError] = {}
+        for event in events:
+            try:
+                settled[key_of(event)] = await self._store_one(conn, event)
+            except (asyncpg.PostgresError, ClientDataError) as exc:
+                if is_transient(exc):
+                    raise
+                log.warning("event rejected by the database", extra={"error": _describe(exc)})
+                settled[key_of(event)] = EventRejected()
+        return settled
+
+    # -- health ---------------------------------------------------------------
 
     async def ping(self, timeout: float) -> None:
         """One round trip; raises DatabaseUnavailable when the database does not answer in time."""

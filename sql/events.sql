@@ -20,3 +20,25 @@ RETURNING id, received_at;
 SELECT id, body_sha256, received_at
 FROM events
 WHERE tenant_id = $1 AND source = $2 AND idempotency_key = $3;
+
+-- name: insert_events
+-- The dedup for a micro-batch: the same statement as insert_event over
+-- arrays, one row per new event, in one implicit transaction (one commit).
+-- Rows arrive sorted by key so concurrent batches take index locks in the
+-- same order and cannot deadlock. Returns (id, tenant_id, source,
+-- idempotency_key, received_at) for each new event; keys that already
+-- existed return nothing.
+-- params: $1 tenant_id[], $2 source[], $3 idempotency_key[], $4 body_sha256[], $5 body[], $6 content_type[]
+INSERT INTO events (tenant_id, source, idempotency_key, body_sha256, body, content_type)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bytea[], $6::text[])
+ON CONFLICT (tenant_id, source, idempotency_key) DO NOTHING
+RETURNING id, tenant_id, source, idempotency_key, received_at;
+
+-- name: find_events
+-- The stored events under many keys: (id, tenant_id, source,
+-- idempotency_key, body_sha256, received_at) for each key found. Like
+-- find_event, a statement of its own after insert_events.
+-- params: $1 tenant_id[], $2 source[], $3 idempotency_key[]
+SELECT e.id, e.tenant_id, e.source, e.idempotency_key, e.body_sha256, e.received_at
+FROM unnest($1::text[], $2::text[], $3::text[]) AS k (tenant_id, source, idempotency_key)
+JOIN events AS e USING (tenant_id, source, idempotency_key);

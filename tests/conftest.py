@@ -65,14 +65,16 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
         await conn.close()
 
 
-@pytest.fixture
-def settings(database_url: str) -> Settings:
+@pytest.fixture(params=[True, False], ids=["batched", "direct"])
+def settings(request: pytest.FixtureRequest, database_url: str) -> Settings:
+    """Every HTTP test runs twice: with micro-batching (the default) and with one INSERT per request."""
     return Settings(
         webhook_secret=SECRET,
         database_url=database_url,
         db_pool_min=1,
         db_pool_max=8,
         max_body_bytes=64 * 1024,
+        batching=request.param,
     )
 
 
