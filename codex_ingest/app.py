@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from codex_ingest import keys
 from codex_ingest.batching import BatchWriter, DirectWriter, EventWriter
 from codex_ingest.ingest import ingest
-from codex_ingest.metrics import ServiceMetrics
+from codex_ingest.metrics import ServiceMetrics, multiprocess_mode, scrape_registry
 from codex_ingest.middleware import Handler, errors_as_json, hide_client_address, request_id
 from codex_ingest.probes import healthz, readyz
 from codex_ingest.queries import Queries, load_queries
@@ -51,8 +51,14 @@ def create_app(settings: Settings, *, queries: Queries | None = None) -> web.App
     app.router.add_post("/pos/{source}/ingest", ingest)
     app.router.add_get("/healthz", healthz, allow_head=True)
     app.router.add_get("/readyz", readyz, allow_head=True)
-    app.router.add_get("/metrics", metrics_handler(registry))
+    app.router.add_get("/metrics", metrics_handler(scrape_registry(registry)))
     return app
+
+
+async def _refresh_pool_gauges(app: web.Application) -> None:
+    while True:
+        app[keys.METRICS].refresh_pool()
+        await asyncio.sleep(1.0)
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -85,9 +91,12 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         writer = DirectWriter(store)
     app[keys.WRITER] = writer
     app[keys.METRICS].watch_pool(pool.get_size, lambda: pool.get_size() - pool.get_idle_size())
+    refresher = asyncio.create_task(_refresh_pool_gauges(app)) if multiprocess_mode() else None
     try:
         yield
     finally:
+        if refresher is not None:
+            refresher.cancel()
         # Pending and in-flight batches are written and answered before the
         # pool goes away.
         await writer.close()

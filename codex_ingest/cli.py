@@ -111,7 +111,8 @@ def _resolve_database(settings: Settings) -> Settings:
 
 def _serve(settings: Settings) -> int:
     from codex_ingest import migrations
-    from codex_ingest.server import StartupError, run
+    from codex_ingest.server import StartupError, run_worker
+    from codex_ingest.workers import PortInUse, check_port_free, supervise
 
     settings = _resolve_database(settings)
     assert settings.database_url is not None
@@ -123,8 +124,11 @@ def _serve(settings: Settings) -> int:
             return EXIT_FAILURE
         log.info("migrations applied", extra={"applied": applied})
     try:
-        run(settings)
-    except StartupError as exc:
+        if settings.workers > 1:
+            return supervise(settings)
+        check_port_free(settings.host, settings.port)
+        run_worker(settings)
+    except (StartupError, PortInUse) as exc:
         log.error(str(exc))
         return EXIT_FAILURE
     return 0

@@ -8,10 +8,11 @@ source label takes the first ``MAX_SOURCE_LABELS`` names seen, then
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 from codex_ingest import __version__
 
@@ -45,14 +46,19 @@ class ServiceMetrics:
             buckets=_DURATION_BUCKETS,
             registry=registry,
         )
+        # multiprocess_mode matters only with several workers: pool gauges
+        # add up across live workers, build_info is the same everywhere.
         self._pool_size = Gauge(
-            "codex_ingest_db_pool_size", "Connections open in the database pool.", registry=registry
+            "codex_ingest_db_pool_size", "Connections open in the database pool(s).",
+            registry=registry, multiprocess_mode="livesum",
         )
         self._pool_in_use = Gauge(
-            "codex_ingest_db_pool_in_use", "Pool connections currently lent out.", registry=registry
+            "codex_ingest_db_pool_in_use", "Pool connections currently lent out.",
+            registry=registry, multiprocess_mode="livesum",
         )
         build_info = Gauge(
-            "codex_ingest_build_info", "Always 1; the version is a label.", ["version"], registry=registry
+            "codex_ingest_build_info", "Always 1; the version is a label.", ["version"],
+            registry=registry, multiprocess_mode="max",
         )
         build_info.labels(version=__version__).set(1)
         # Label children cached per (source, outcome): .labels() takes a lock
@@ -83,9 +89,31 @@ class ServiceMetrics:
         return children
 
     def watch_pool(self, size: Callable[[], int], in_use: Callable[[], int]) -> None:
-        """Read the pool's gauges at scrape time."""
-        self._pool_size.set_function(size)
-        self._pool_in_use.set_function(in_use)
+        """Read the pool's gauges at scrape time (one process), or on refresh_pool()."""
+        self._pool_readers = (size, in_use)
+        if not multiprocess_mode():
+            self._pool_size.set_function(size)
+            self._pool_in_use.set_function(in_use)
+
+    def refresh_pool(self) -> None:
+        """Copy the pool's sizes into the gauges; with several workers a scrape
+        reads files, not this process, so each worker refreshes them itself."""
+        size, in_use = self._pool_readers
+        self._pool_size.set(size())
+        self._pool_in_use.set(in_use())
 
     def exposition(self) -> bytes:
-        return prometheus_client.generate_latest(self.registry)
+        return prometheus_client.generate_latest(scrape_registry(self.registry))
+
+
+def multiprocess_mode() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def scrape_registry(own: CollectorRegistry) -> CollectorRegistry:
+    """What /metrics exposes: this process's registry, or every worker's values."""
+    if not multiprocess_mode():
+        return own
+    combined = CollectorRegistry()
+    multiprocess.MultiProcessCollector(combined)
+    return combined

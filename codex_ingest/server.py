@@ -27,11 +27,12 @@ class StartupError(Exception):
     """The service could not start; the message says why in one line."""
 
 
-def run(settings: Settings) -> None:
-    uvloop.run(_serve(settings))
+def run_worker(settings: Settings, *, reuse_port: bool = False) -> None:
+    """Serve in this process until SIGTERM or SIGINT."""
+    uvloop.run(_serve(settings, reuse_port))
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, reuse_port: bool) -> None:
     app = create_app(settings)
     runner = web.AppRunner(
         app,
@@ -46,7 +47,7 @@ async def _serve(settings: Settings) -> None:
         await runner.cleanup()
         raise StartupError(f"cannot connect to the database: {exc.__class__.__name__}: {exc}") from None
     try:
-        site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
+        site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, reuse_port=reuse_port or None)
         try:
             await site.start()
         except OSError as exc:
