@@ -76,7 +76,7 @@ def test_one_scrape_sees_every_worker_and_sigterm_stops_them_all(service) -> Non
 
 
 def test_a_worker_that_dies_stops_the_service_with_an_error(service) -> None:
-    proc, port = service
+    proc, _ = service
     # The parent logs the worker pids on stderr; read them from /proc instead of blocking on the pipe.
     children = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
     workers = [pid for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
