@@ -2,10 +2,10 @@
 
 A file holds blocks, each opened by a header::
 
-    -- name: insert_event
-    -- Inserts a new event; returns (id, received_at), or no row on conflict.
-    -- params: $1 tenant_id, $2 source, ...
-    INSERT INTO ...
+    -- name: find_event
+    -- The stored event under a key: (id, body_sha256, received_at), or no row.
+    -- params: $1 tenant_id, $2 source, $3 idempotency_key
+    SELECT ...
 
 The first comment line names the query, the next ones describe it. A file
 that breaks these rules fails at load time, not at query time.

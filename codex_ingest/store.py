@@ -2,8 +2,8 @@
 
 Two ways in, the same dedup underneath (sql/events.sql):
 
-* ``store_event``: one ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` per
-  event (insert_event) — used when batching is off.
+* ``store_event``: one insert-or-skip statement per event (insert_event) —
+  used when batching is off.
 * ``store_batch``: many events in one such statement over arrays
   (insert_events) — used by batching.BatchWriter.
 
