@@ -118,10 +118,9 @@ class BatchWriter:
     async def _write(self, batch: list[_Pending]) -> None:
         try:
             results: list[StoreResult | IngestError] = await self._store.store_batch([e for e, _ in batch])
-        except IngestError as exc:
-            results = [exc] * len(batch)
         except Exception as exc:
-            # A bug: every request of the batch gets a 500 (logged there).
+            # DatabaseUnavailable becomes each request's 503; anything else is
+            # a bug, and each request's 500 (logged by the error middleware).
             results = [exc] * len(batch)  # type: ignore[list-item]
         for (_, future), result in zip(batch, results, strict=True):
             if future.done():  # the request was cancelled; nobody waits

@@ -97,7 +97,7 @@ def supervise(settings: Settings) -> int:
             )
         else:
             log.info("stopping workers", extra={"signal": signal.Signals(stop_signal[0]).name})
-        _stop_all(processes, settings)
+        _stop_all(processes)
         return 1 if failed is not None else 0
     finally:
         for signum, handler in previous.items():
@@ -106,7 +106,7 @@ def supervise(settings: Settings) -> int:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _stop_all(processes: list, settings: Settings) -> None:
+def _stop_all(processes: list) -> None:
     from codex_ingest.server import SHUTDOWN_GRACE_SECONDS
 
     for process in processes:
