@@ -9,14 +9,14 @@ from collections.abc import AsyncIterator
 import asyncpg
 from aiohttp import web
 from aiohttp_prometheus_exporter.handler import metrics as metrics_handler
-from aiohttp_prometheus_exporter.middleware import prometheus_middleware_factory
 from prometheus_client import CollectorRegistry
 
 from codex_ingest import keys
 from codex_ingest.batching import BatchWriter, DirectWriter, EventWriter
+from codex_ingest.http_metrics import HttpMetrics
 from codex_ingest.ingest import ingest
 from codex_ingest.metrics import ServiceMetrics, multiprocess_mode, scrape_registry
-from codex_ingest.middleware import Handler, errors_as_json, hide_client_address, request_id
+from codex_ingest.middleware import errors_as_json, request_id
 from codex_ingest.probes import healthz, readyz
 from codex_ingest.queries import Queries, load_queries
 from codex_ingest.settings import Settings
@@ -36,12 +36,11 @@ def create_app(settings: Settings, *, queries: Queries | None = None) -> web.App
     if settings.database_url is None:
         raise ValueError("create_app needs settings.database_url (serve resolves the embedded one)")
     registry = CollectorRegistry(auto_describe=True)
-    middlewares: list[Handler | object] = [request_id]
-    if not settings.metrics_remote_label:
-        middlewares.append(hide_client_address)
-    middlewares += [prometheus_middleware_factory("aiohttp", registry=registry), errors_as_json]
-
-    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)  # type: ignore[arg-type]
+    http_metrics = HttpMetrics(registry, label_remote=settings.metrics_remote_label)
+    app = web.Application(
+        middlewares=[request_id, http_metrics.middleware, errors_as_json],
+        client_max_size=settings.max_body_bytes,
+    )
     app[keys.SETTINGS] = settings
     app[keys.QUERIES] = queries if queries is not None else load_queries()
     app[keys.METRICS] = ServiceMetrics(registry)

@@ -1,15 +1,17 @@
 """Middlewares: request ids on every response, and errors as JSON.
 
-Order in the app (outermost first): request_id, the Prometheus exporter,
-errors_as_json. The exporter sits between them so it counts the status the
-client actually gets (a 401 as 401, not as an exception).
+Order in the app (outermost first): request_id, the HTTP metrics
+(http_metrics.py), errors_as_json. The metrics sit between them so they
+count the status the client actually gets (a 401 as 401, not as an
+exception).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
-import uuid
+import secrets
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -26,11 +28,21 @@ _CALLER_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 REQUEST_ID_HEADER = "X-Request-Id"
 
+# Generated ids are this process's random prefix plus a counter: unique
+# across workers and restarts like a uuid4, without a uuid4's urandom call
+# and object on every request.
+_ID_PREFIX = secrets.token_hex(8)
+_id_counter = itertools.count(1)
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_id_counter):016x}"
+
 
 @web.middleware
 async def request_id(request: web.Request, handler: Handler) -> web.StreamResponse:
     given = request.headers.get(REQUEST_ID_HEADER)
-    rid = given if given is not None and _CALLER_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    rid = given if given is not None and _CALLER_REQUEST_ID.fullmatch(given) else new_request_id()
     try:
         response = await handler(request)
     except web.HTTPException as exc:
@@ -59,19 +71,3 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         # A 500 is always a bug: log it with its traceback, tell the client little.
         log.exception("unhandled error", extra={"path": request.path, "method": request.method})
         return error_response(500, "internal_error", "an unexpected error occurred; it has been logged")
-
-
-@web.middleware
-async def hide_client_address(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Show the metrics exporter one constant client address ("-").
-
-    The exporter labels every series with request.remote: one set of series
-    per client address, unbounded when providers post from many addresses.
-    request.clone(remote="-") does this through public API but costs about
-    40 us a request (bench/metrics_overhead.py); overriding the peer name
-    that .remote reads, as clone() itself does, costs nothing measurable.
-    """
-    if hasattr(request, "_transport_peername") and "remote" not in getattr(request, "_cache", {}):
-        request._transport_peername = "-"
-        return await handler(request)
-    return await handler(request.clone(remote="-"))
