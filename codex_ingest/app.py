@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from codex_ingest import keys
 from codex_ingest.batching import BatchWriter, DirectWriter, EventWriter
+from codex_ingest.dbpool import create_pool
 from codex_ingest.http_metrics import HttpMetrics
 from codex_ingest.ingest import ingest
 from codex_ingest.metrics import ServiceMetrics, multiprocess_mode, scrape_registry
@@ -24,11 +25,6 @@ from codex_ingest.signatures import HmacSha256Verifier
 from codex_ingest.store import EventStore
 
 log = logging.getLogger("codex_ingest")
-
-# Applied to every pooled connection. synchronous_commit is pinned on so
-# that a server or role configured otherwise cannot turn a 2xx into
-# "committed unless the server crashes in the next moment".
-SERVER_SETTINGS = {"application_name": "codex-ingest", "synchronous_commit": "on"}
 
 
 def create_app(settings: Settings, *, queries: Queries | None = None) -> web.Application:
@@ -62,14 +58,7 @@ async def _refresh_pool_gauges(app: web.Application) -> None:
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
-    pool = await asyncpg.create_pool(
-        settings.database_url,
-        min_size=settings.db_pool_min,
-        max_size=settings.db_pool_max,
-        timeout=settings.db_connect_timeout,
-        command_timeout=settings.db_command_timeout,
-        server_settings=SERVER_SETTINGS,
-    )
+    pool = await create_pool(settings)
     store = EventStore(
         pool,
         app[keys.QUERIES],
