@@ -11,6 +11,13 @@ Python load generator; at each connection count, batching on and off, 1 and
 N workers. After every point it checks in the database that the rows stored
 equal the distinct events sent. It prints one JSON line per point and
 writes them all to --out, and a PNG of rps and p99 against connections.
+
+With --repeat N every figure is the median of N runs (the pgbench ceiling
+too; each run's figures are kept under "runs"). cpu_us_per_request is the
+CPU time (user + system) the service's worker processes spent per answered
+request: unlike rps it hardly moves when something else shares the
+machine, so it is the figure to compare profiles and settings by.
+--set NAME=VALUE passes a setting to the service (e.g. --set DB_POOL_MAX=4).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -92,9 +100,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_service(url: str, port: int, workers: int, batching: bool) -> subprocess.Popen:
+def start_service(url: str, port: int, workers: int, batching: bool, extra_env: dict[str, str]) -> subprocess.Popen:
     env = {
         **os.environ,
+        **extra_env,
         "DATABASE_URL": url,
         "WEBHOOK_SECRET": SECRET,
         "PORT": str(port),
@@ -120,14 +129,27 @@ def stop_service(proc: subprocess.Popen) -> None:
     proc.wait(timeout=60)
 
 
+def worker_pids(proc: subprocess.Popen, workers: int) -> list[int]:
+    """The processes that serve requests: the service itself, or its workers."""
+    if workers == 1:
+        return [proc.pid]
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    return [int(p) for p in children if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes have used so far."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def worker_rss_mb(proc: subprocess.Popen, workers: int) -> float:
     """Largest resident set among the processes that serve requests."""
-    pids = [proc.pid]
-    if workers > 1:
-        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        pids = [int(p) for p in children if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()]
     sizes = []
-    for pid in pids:
+    for pid in worker_pids(proc, workers):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 sizes.append(int(line.split()[1]) / 1024)
@@ -157,6 +179,7 @@ def drive_with_wrk(port: int, plan, tenant: str, connections: int, seconds: int,
     raw = orjson.loads(line[len("WRK_RESULT "):])
     return {
         "sent": raw["sent"],
+        "completed": raw["completed"],
         "accepted": raw["accepted"],
         "duplicates": raw["duplicates"],
         "other": raw["other"] + raw["conflicts"],
@@ -172,6 +195,7 @@ def drive_with_python(port: int, plan, connections: int) -> dict:
     result = asyncio.run(run(f"http://127.0.0.1:{port}/pos/{SOURCE}/ingest", plan, connections))
     return {
         "sent": len(plan),
+        "completed": len(plan),
         "accepted": result["accepted"],
         "duplicates": result["duplicates"],
         "other": result["other"] + result["conflicts"],
@@ -208,11 +232,15 @@ def run_point(url, port, workers, batching, connections, seconds, duplicates, us
     total = max(2000, int(expected_rps * seconds * 1.2)) if use_wrk else max(2000, connections * 150)
     unique = max(1, int(total * (1 - duplicates)))
     _, plan = build_plan(total=total, unique=unique, tenant=tenant, secret=SECRET)
+    pids = worker_pids(proc, workers)
+    cpu_before = cpu_seconds(pids)
     if use_wrk:
         measured = drive_with_wrk(port, plan, tenant, connections, seconds, workdir)
-        asyncio.run(settle_tail(port, plan, measured["sent"], connections))
     else:
         measured = drive_with_python(port, plan, connections)
+    cpu_us = (cpu_seconds(pids) - cpu_before) / max(measured["completed"], 1) * 1e6
+    if use_wrk:
+        asyncio.run(settle_tail(port, plan, measured["sent"], connections))
     sent_events = {plan[i % len(plan)].event for i in range(measured["sent"])}
     rows = asyncio.run(count_rows(url, tenant))
     return {
@@ -223,6 +251,7 @@ def run_point(url, port, workers, batching, connections, seconds, duplicates, us
         "p50_ms": round(measured["p50_ms"], 2),
         "p99_ms": round(measured["p99_ms"], 2),
         "rss_mb_per_worker": worker_rss_mb(proc, workers),
+        "cpu_us_per_request": round(cpu_us, 1),
         "rows_stored": rows,
         "distinct_events_sent": len(sent_events),
         "rows_ok": rows == len(sent_events),
@@ -239,12 +268,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=10, help="seconds per point (wrk and pgbench)")
     parser.add_argument("--duplicates", type=float, default=0.5, help="share of requests that repeat an event")
     parser.add_argument("--max-pgbench-clients", type=int, default=90, help="stay under max_connections (100)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per point; figures are their medians")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for the service, e.g. DB_POOL_MAX=4 (repeatable)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "throughput.json")
     parser.add_argument("--png", type=Path, default=HERE / "results" / "throughput.png")
     args = parser.parse_args(argv)
     connections = [int(c) for c in args.connections.split(",")]
     workers_list = [int(w) for w in args.workers.split(",")]
     batching_list = [b.strip() == "on" for b in args.batching.split(",")]
+    extra_env = dict(item.split("=", 1) for item in args.set)
 
     use_wrk = shutil.which("wrk") is not None
     if not use_wrk:
@@ -252,34 +285,37 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="codex-bench-"))
     server, url = start_database(workdir)
-    points: list[dict] = []
+    runs: dict[tuple[int, bool, int], list[dict]] = {}
     try:
-        ceilings = {}
-        for c in connections:
-            clients = min(c, args.max_pgbench_clients)
-            if clients not in ceilings:
+        for run in range(1, args.repeat + 1):
+            ceilings = {}
+            for clients in sorted({min(c, args.max_pgbench_clients) for c in connections}):
                 ceilings[clients] = pgbench_tps(server, clients, args.duration)
-                log(f"pgbench, {clients} clients: {ceilings[clients]:,.0f} tps")
-        for workers in workers_list:
-            for batching in batching_list:
-                port = free_port()
-                proc = start_service(url, port, workers, batching)
-                try:
-                    for c in connections:
-                        point = run_point(url, port, workers, batching, c, args.duration, args.duplicates,
-                                          use_wrk, workdir, proc)
-                        clients = min(c, args.max_pgbench_clients)
-                        point["pgbench_clients"] = clients
-                        point["pgbench_tps"] = round(ceilings[clients], 1)
-                        point["ratio"] = round(point["rps"] / ceilings[clients], 3)
-                        print(orjson.dumps(point).decode(), flush=True)
-                        points.append(point)
-                finally:
-                    stop_service(proc)
+                log(f"run {run}: pgbench, {clients} clients: {ceilings[clients]:,.0f} tps")
+            for workers in workers_list:
+                for batching in batching_list:
+                    port = free_port()
+                    proc = start_service(url, port, workers, batching, extra_env)
+                    try:
+                        for c in connections:
+                            point = run_point(url, port, workers, batching, c, args.duration, args.duplicates,
+                                              use_wrk, workdir, proc)
+                            clients = min(c, args.max_pgbench_clients)
+                            point["pgbench_clients"] = clients
+                            point["pgbench_tps"] = round(ceilings[clients], 1)
+                            point["ratio"] = round(point["rps"] / ceilings[clients], 3)
+                            point["settings"] = extra_env
+                            log(f"run {run}: {orjson.dumps(point).decode()}")
+                            runs.setdefault((workers, batching, c), []).append(point)
+                    finally:
+                        stop_service(proc)
     finally:
         server.cleanup()
         shutil.rmtree(workdir, ignore_errors=True)
 
+    points = [median_point(of_point) for of_point in runs.values()]
+    for point in points:
+        print(orjson.dumps({k: v for k, v in point.items() if k != "runs"}).decode(), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(orjson.dumps(points, option=orjson.OPT_INDENT_2) + b"\n")
     plot(points, args.png)
@@ -289,6 +325,20 @@ def main(argv: list[str] | None = None) -> int:
         log(f"FAIL: rows stored differ from distinct events sent, or unexpected answers, at {len(bad)} point(s)")
         return 1
     return 0
+
+
+_MEDIAN_FIELDS = ("rps", "p50_ms", "p99_ms", "rss_mb_per_worker", "cpu_us_per_request", "pgbench_tps", "ratio")
+
+
+def median_point(runs: list[dict]) -> dict:
+    """One point's figures over its runs: the median of each, every run kept."""
+    point = dict(runs[0])
+    for name in _MEDIAN_FIELDS:
+        point[name] = round(statistics.median(r[name] for r in runs), 3)
+    point["rows_ok"] = all(r["rows_ok"] for r in runs)
+    point["other_answers"] = sum(r["other_answers"] for r in runs)
+    point["runs"] = [{k: r[k] for k in ("rps", "p99_ms", "pgbench_tps", "ratio", "rows_ok")} for r in runs]
+    return point
 
 
 def plot(points: list[dict], png: Path) -> None:
