@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from aiohttp.test_utils import TestClient
-from prometheus_client import CollectorRegistry
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from codex_ingest import __version__
+from codex_ingest.http_metrics import HttpMetrics
 from codex_ingest.metrics import MAX_SOURCE_LABELS, OTHER_SOURCE, ServiceMetrics
 from tests.helpers import headers, sign
 
@@ -91,3 +93,39 @@ def test_source_labels_are_bounded() -> None:
     assert len(sources) == MAX_SOURCE_LABELS + 1
     assert found[("codex_ingest_events_total", (("outcome", "rejected_signature"), ("source", OTHER_SOURCE)))] == 50
     assert found[("codex_ingest_events_total", (("outcome", "rejected_signature"), ("source", "src0")))] == 2
+
+
+async def test_http_metrics_count_every_request_through_the_cache(client: TestClient, db) -> None:
+    # The label children are cached after the first request: later requests
+    # must still be counted, timed, and leave nothing "in progress".
+    for _ in range(3):
+        assert (await client.get("/healthz")).status == 200
+    assert (await client.get("/no/such/route")).status == 404
+    found = samples(await (await client.get("/metrics")).text())
+    health = (("method", "GET"), ("path_template", "/healthz"), ("remote", "-"), ("scheme", "http"))
+    assert found[("aiohttp_requests_total", health)] == 3
+    assert found[("aiohttp_responses_total", tuple(sorted((*health, ("status_code", "200")))))] == 3
+    assert found[("aiohttp_request_duration_seconds_count", tuple(sorted((*health, ("status_code", "200")))))] == 3
+    assert found[("aiohttp_requests_in_progress", health)] == 0
+    unmatched = (("method", "GET"), ("path_template", "__not_matched__"), ("remote", "-"), ("scheme", "http"))
+    assert found[("aiohttp_responses_total", tuple(sorted((*unmatched, ("status_code", "404")))))] == 1
+
+
+async def test_http_metrics_count_an_exception_that_escapes() -> None:
+    # Only reachable if a handler's exception gets past errors_as_json; the
+    # middleware must still count it and re-raise it unchanged.
+    registry = CollectorRegistry()
+    metrics = HttpMetrics(registry, label_remote=False)
+
+    async def teapot(request: web.Request) -> web.Response:
+        raise web.HTTPServiceUnavailable()
+
+    app = web.Application(middlewares=[metrics.middleware])
+    app.router.add_get("/x", teapot)
+    async with TestClient(TestServer(app)) as c:
+        assert (await c.get("/x")).status == 503
+    found = samples(generate_latest(registry).decode())
+    labels = (("method", "GET"), ("path_template", "/x"), ("remote", "-"), ("scheme", "http"))
+    assert found[("aiohttp_exceptions_total", tuple(sorted((*labels, ("exception_type", "HTTPServiceUnavailable")))))] == 1
+    assert found[("aiohttp_responses_total", tuple(sorted((*labels, ("status_code", "503")))))] == 1
+    assert found[("aiohttp_requests_in_progress", labels)] == 0
