@@ -1,5 +1,5 @@
-"""The service's own Prometheus metrics (the HTTP ones come from
-aiohttp-prometheus-exporter's middleware, wired in app.py).
+"""The service's own Prometheus metrics (the per-request HTTP ones are in
+http_metrics.py).
 
 Labels stay bounded: no tenant label, outcomes are a fixed set, and the
 source label takes the first ``MAX_SOURCE_LABELS`` names seen, then
