@@ -1,0 +1,95 @@
+"""aiohttp's own floor on this machine: what serving the same requests costs
+with nothing of the service in the way.
+
+    python -m bench.floor [--connections 64] [--duration 10]
+
+Serves a bare aiohttp handler on uvloop (read the body, answer 201 with a
+small JSON body; no middlewares, no verification, no database) in one
+process, drives it with wrk and the same signed plan and Lua script as
+bench.throughput, and prints {rps, p50_ms, p99_ms, cpu_us_per_request}.
+Compare cpu_us_per_request with bench.throughput's: the difference is
+what the service itself spends per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import orjson
+
+from bench.plan import build_plan
+from bench.throughput import SECRET, cpu_seconds, drive_with_wrk, free_port, log
+
+_ACCEPTED = b'{"status":"accepted","event_id":1}'
+
+
+def serve(port: int) -> None:
+    import uvloop
+    from aiohttp import web
+
+    async def ingest(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=_ACCEPTED, status=201, content_type="application/json")
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/pos/{source}/ingest", ingest)
+    app.router.add_get("/healthz", healthz)
+    uvloop.install()
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # the child process: serve on this port
+    args = parser.parse_args(argv)
+    if args.serve:
+        serve(args.serve)
+        return 0
+    if shutil.which("wrk") is None:
+        log("floor: needs wrk (apt-get install wrk)")
+        return 2
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.floor", "--serve", str(port)])
+    workdir = Path(tempfile.mkdtemp(prefix="codex-floor-"))
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("the bare server did not start") from None
+                time.sleep(0.1)
+        _, plan = build_plan(total=100_000, unique=50_000, tenant="floor", secret=SECRET)
+        before = cpu_seconds([proc.pid])
+        measured = drive_with_wrk(port, plan, "floor", args.connections, args.duration, workdir)
+        cpu_us = (cpu_seconds([proc.pid]) - before) / max(measured["completed"], 1) * 1e6
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(orjson.dumps({
+        "connections": args.connections,
+        "rps": round(measured["rps"], 1),
+        "p50_ms": round(measured["p50_ms"], 2),
+        "p99_ms": round(measured["p99_ms"], 2),
+        "cpu_us_per_request": round(cpu_us, 1),
+    }).decode())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
