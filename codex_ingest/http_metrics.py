@@ -57,7 +57,10 @@ class HttpMetrics:
         self._in_progress = Gauge(
             f"{prefix}_requests_in_progress",
             "Gauge of requests by method, scheme, remote and path template currently being processed.",
-            _REQUEST_LABELS, registry=registry, multiprocess_mode="livesum",
+            # The exporter's default multiprocess mode ("all"): with several
+            # workers, one series per worker pid, which also shows how evenly
+            # SO_REUSEPORT spreads the connections.
+            _REQUEST_LABELS, registry=registry,
         )
         self._exceptions = Counter(
             f"{prefix}_exceptions",
