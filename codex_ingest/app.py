@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -19,6 +20,9 @@ from codex_ingest.ingest import ingest
 from codex_ingest.metrics import ServiceMetrics, multiprocess_mode, scrape_registry
 from codex_ingest.middleware import errors_as_json, request_id
 from codex_ingest.probes import healthz, readyz
+from codex_ingest.provider_ingest import route_ingest
+from codex_ingest.providers.base import Clock
+from codex_ingest.providers.registry import build_sources
 from codex_ingest.queries import Queries, load_queries
 from codex_ingest.settings import Settings
 from codex_ingest.signatures import HmacSha256Verifier
@@ -27,8 +31,11 @@ from codex_ingest.store import EventStore
 log = logging.getLogger("codex_ingest")
 
 
-def create_app(settings: Settings, *, queries: Queries | None = None) -> web.Application:
-    """Build the service. ``settings.database_url`` must point at a migrated database."""
+def create_app(settings: Settings, *, queries: Queries | None = None, clock: Clock = time.time) -> web.Application:
+    """Build the service. ``settings.database_url`` must point at a migrated database.
+
+    ``clock`` is what timestamped provider schemes compare against (tests inject one).
+    """
     if settings.database_url is None:
         raise ValueError("create_app needs settings.database_url (serve resolves the embedded one)")
     registry = CollectorRegistry(auto_describe=True)
@@ -43,7 +50,12 @@ def create_app(settings: Settings, *, queries: Queries | None = None) -> web.App
     app[keys.VERIFIER] = HmacSha256Verifier(settings.webhook_secret)
     app.cleanup_ctx.append(_database)
 
-    app.router.add_post("/pos/{source}/ingest", ingest)
+    if settings.source_table is not None:
+        # Declared sources' verifiers are built once, here, not per request.
+        app[keys.SOURCES] = build_sources(settings.source_table, clock)
+        app.router.add_post("/pos/{source}/ingest", route_ingest)
+    else:
+        app.router.add_post("/pos/{source}/ingest", ingest)
     app.router.add_get("/healthz", healthz, allow_head=True)
     app.router.add_get("/readyz", readyz, allow_head=True)
     app.router.add_get("/metrics", metrics_handler(scrape_registry(registry)))

@@ -24,6 +24,13 @@ class InvalidSource(IngestError):
     code = "invalid_source"
 
 
+class UnknownSource(IngestError):
+    """This source is not declared in the sources file (strict_sources = true)."""
+
+    status = 404
+    code = "unknown_source"
+
+
 class InvalidTenant(IngestError):
     """X-Tenant-Id (or ?tenant=) is required and must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$."""
 

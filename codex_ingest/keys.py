@@ -6,6 +6,7 @@ from aiohttp import web
 
 from codex_ingest.batching import EventWriter
 from codex_ingest.metrics import ServiceMetrics
+from codex_ingest.providers.registry import DeclaredSources
 from codex_ingest.queries import Queries
 from codex_ingest.settings import Settings
 from codex_ingest.signatures import HmacSha256Verifier
@@ -17,3 +18,4 @@ METRICS = web.AppKey("metrics", ServiceMetrics)
 VERIFIER = web.AppKey("verifier", HmacSha256Verifier)
 STORE = web.AppKey("store", EventStore)
 WRITER = web.AppKey("writer", EventWriter)
+SOURCES = web.AppKey("sources", DeclaredSources)

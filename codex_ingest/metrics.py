@@ -73,6 +73,16 @@ class ServiceMetrics:
         children[0].inc()
         children[1].observe(seconds)
 
+    def record_events(self, source: str, outcomes: list[str], answer: str, seconds: float) -> None:
+        """One request that carried several events (Clover): each event's
+        outcome is counted; the request's time is observed once, under
+        ``answer``, the outcome its HTTP status reports."""
+        for outcome in outcomes:
+            children = self._children.get((source, outcome)) or self._add_children(source, outcome)
+            children[0].inc()
+        children = self._children.get((source, answer)) or self._add_children(source, answer)
+        children[1].observe(seconds)
+
     def _add_children(self, source: str, outcome: str) -> tuple[Counter, Histogram]:
         label = source
         if source not in self._sources:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from codex_ingest.sources import SourcesConfig, SourcesError, load_sources
+
 
 class ConfigError(Exception):
     """A setting is missing or has a value the service cannot use."""
@@ -42,6 +44,9 @@ class Settings:
     batch_max_rows: int = 256
     batch_max_delay_ms: float = 0.0
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    sources: Path | None = None
+    # The parsed sources file (holds resolved secrets); None: no sources file.
+    source_table: SourcesConfig | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +131,12 @@ def _secret(text: str) -> str:
     return text
 
 
+def _path(text: str) -> Path:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return Path(text)
+
+
 def _non_empty(text: str) -> str:
     if not text.strip():
         raise ValueError("must not be empty")
@@ -172,6 +183,8 @@ SERVE_OPTIONS: tuple[Option, ...] = (
            "longest wait for a batch to fill, in ms; 0: write as soon as a connection is free (default 0)", "MS"),
     Option("workers", "WORKERS", _positive_int,
            "server processes sharing the port (default: the number of CPU cores)", "N"),
+    Option("sources", "CODEX_SOURCES", _path,
+           "TOML file declaring provider sources and their signature schemes (default: none)", "PATH"),
 )
 
 MIGRATE_OPTIONS: tuple[Option, ...] = DATABASE_OPTIONS
@@ -204,10 +217,20 @@ def load_settings(
         except ValueError as exc:
             raise ConfigError(f"{origin} {_reason(exc)}") from None
     values.update(fixed)
+    if values.get("sources") is not None:
+        origin = "--sources" if flags.get("sources") is not None else "CODEX_SOURCES"
+        try:
+            values["source_table"] = load_sources(values["sources"], environ)
+        except SourcesError as exc:
+            raise ConfigError(f"{origin} {exc}") from None
     if "webhook_secret" not in values:
-        if any(option.attr == "webhook_secret" for option in options):
+        table = values.get("source_table")
+        # With strict_sources, every source is declared with its own
+        # secrets; no request can reach the generic WEBHOOK_SECRET scheme.
+        if any(option.attr == "webhook_secret" for option in options) and not (table is not None and table.strict):
             raise ConfigError(
                 "WEBHOOK_SECRET is required: set the environment variable or pass --webhook-secret"
+                " (it may be left unset only with a sources file that sets strict_sources = true)"
             )
         values["webhook_secret"] = ""
     settings = Settings(**values)
