@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 
@@ -10,6 +11,7 @@ from aiohttp.test_utils import TestClient
 from codex_ingest import migrations
 from codex_ingest.app import create_app
 from codex_ingest.settings import Settings
+from codex_ingest.sources import parse_sources
 from tests import pg
 from tests.helpers import SECRET
 
@@ -95,5 +97,21 @@ def make_client(
 
     async def make(**changes: object) -> TestClient:
         return await aiohttp_client(create_app(replace(settings, **changes)))  # type: ignore[misc, no-any-return]
+
+    return make
+
+
+@pytest.fixture
+def provider_client(
+    aiohttp_client: Callable[..., AsyncIterator[TestClient]], settings: Settings, db: asyncpg.Connection
+) -> Callable[..., object]:
+    """Factory for a client serving the sources declared in ``toml`` (secrets
+    resolved from ``env``), timestamps checked against ``clock``."""
+
+    async def make(toml: str, env: dict[str, str] | None = None, clock: Callable[[], float] | None = None,
+                   **changes: object) -> TestClient:
+        table = parse_sources(toml, env or {})
+        app = create_app(replace(settings, source_table=table, **changes), clock=clock or time.time)
+        return await aiohttp_client(app)  # type: ignore[misc, no-any-return]
 
     return make
