@@ -145,3 +145,34 @@ async def test_tenant_override_applies_to_every_change(provider_client, db) -> N
     rows = await stored(db)
     assert {r["tenant_id"] for r in rows} == {"franchise-1"}
     assert len({r["idempotency_key"] for r in rows}) == 4  # the merchant stays in each key
+
+
+async def test_a_change_the_database_cannot_take_fails_the_request_with_503_and_the_retry_dedups(provider_client, db) -> None:
+    failing_mid, failing = CHANGES[2]
+    # A real failure from the real database for one change (SQLSTATE 53000,
+    # insufficient resources: transient, so 503), not a mock.
+    await db.execute(f"""
+        CREATE FUNCTION fail_one_change() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.idempotency_key = '{key_of(failing_mid, failing)}' THEN
+                RAISE EXCEPTION 'disk full (test)' USING ERRCODE = '53000';
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER fail_one_change BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION fail_one_change();
+    """)
+    try:
+        client = await provider_client(TOML, ENV)
+        resp = await client.post(URL, data=BODY, headers=headers())
+        await assert_error(resp, 503, "database_unavailable")
+        assert "Retry-After" in resp.headers
+        assert key_of(failing_mid, failing) not in {r["idempotency_key"] for r in await stored(db)}
+    finally:
+        await db.execute("DROP TRIGGER fail_one_change ON events; DROP FUNCTION fail_one_change();")
+    retry = await client.post(URL, data=BODY, headers=headers())
+    assert retry.status == 201
+    statuses = {e["idempotency_key"]: e["status"] for e in (await retry.json())["events"]}
+    assert statuses[key_of(failing_mid, failing)] == "accepted"
+    assert len(await stored(db)) == 4
+    counted = await events_total(client, "clover")
+    assert counted["unavailable"] >= 1 and counted["accepted"] == 4
