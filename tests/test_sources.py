@@ -3,14 +3,20 @@ echoed), and what `serve` does with it (exit 2 before anything starts)."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from codex_ingest.settings import SERVE_OPTIONS, ConfigError, load_settings
 from codex_ingest.sources import SourcesError, parse_sources
-from tests.test_cli import run_cli
+from tests.provider_helpers import shopify_signature
+from tests.test_cli import BASE_ENV, free_port, run_cli, stop, wait_healthy
 
 SECRET_VALUE = "hunter2-super-secret"
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,3 +153,39 @@ def test_serve_with_strict_sources_needs_no_webhook_secret_but_loose_does(tmp_pa
     assert result.returncode == 2
     assert "WEBHOOK_SECRET is required" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_serve_with_a_strict_sources_file_and_two_workers(tmp_path: Path) -> None:
+    sources = tmp_path / "sources.toml"
+    sources.write_text('strict_sources = true\n[sources.shop]\nscheme = "shopify"\nsecrets = ["env:SHOP_SECRET"]\n')
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "codex_ingest", "serve", "--data-dir", str(tmp_path / "pgdata"),
+         "--port", str(port), "--workers", "2", "--sources", str(sources)],
+        env={**BASE_ENV, "SHOP_SECRET": SECRET_VALUE},  # no WEBHOOK_SECRET: strict sources need none
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+    def post(source: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/pos/{source}/ingest", data=body, method="POST",
+                                         headers={"Content-Type": "application/json", **headers})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    body = b'{"id": 1, "total_price": "9.50"}'
+    shop = {"X-Shopify-Hmac-Sha256": shopify_signature(SECRET_VALUE, body),
+            "X-Shopify-Shop-Domain": "a.myshopify.com", "X-Shopify-Webhook-Id": "w-1"}
+    try:
+        wait_healthy(port, proc)
+        # Several posts, so both workers (each with verifiers built from the pickled settings) answer.
+        answers = [post("shop", body, shop)[0] for _ in range(6)]
+        unknown = post("square", body, {})
+    finally:
+        code, log = stop(proc)
+    assert answers[0] == 201 and answers[1:] == [200] * 5
+    assert unknown[0] == 404 and unknown[1]["error"] == "unknown_source"
+    assert code == 0
+    assert SECRET_VALUE not in log
