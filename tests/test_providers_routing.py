@@ -98,3 +98,54 @@ async def test_an_invalid_tenant_override_is_400(provider_client, db) -> None:
     resp = await client.post("/pos/shopify/ingest", data=body, headers={**shopify_headers(body), "X-Tenant-Id": "bad tenant!"})
     await assert_error(resp, 400, "invalid_tenant")
 
+
+
+ALL_SCHEMES = """
+[sources.square]
+scheme = "square"
+secrets = ["k"]
+notification_url = "https://x.example/pos/square/ingest"
+[sources.shopify]
+scheme = "shopify"
+secrets = ["k"]
+[sources.stripe]
+scheme = "stripe"
+secrets = ["whsec_k"]
+[sources.billing]
+scheme = "standard-webhooks"
+secrets = ["whsec_a2V5LWtleS1rZXk="]
+[sources.toast]
+scheme = "toast"
+secrets = ["k"]
+[sources.clover]
+scheme = "clover"
+secrets = ["k"]
+[sources.pos]
+scheme = "hmac-sha256"
+secrets = ["k"]
+"""
+SIGNATURE_HEADERS = {
+    "square": ["x-square-hmacsha256-signature"],
+    "shopify": ["X-Shopify-Hmac-Sha256"],
+    "stripe": ["Stripe-Signature"],
+    "billing": ["webhook-signature", "webhook-timestamp", "webhook-id"],
+    "toast": ["Toast-Signature"],
+    "clover": ["X-Clover-Auth"],
+    "pos": ["X-Signature"],
+}
+GARBAGE = ["=", ",", "t=,v1=", "v1,", "v1,=", " ", "\u00ff\u00fe", "a" * 2000, "t=1,v1=" + "0" * 64 + ",v1",
+           "==", "\t", "sha256=", "v1,AAAA v1,", "t=99999999999999999999999,v1=00"]
+
+
+async def test_garbage_in_any_signature_header_is_401_never_500(provider_client, db) -> None:
+    client = await provider_client(ALL_SCHEMES)
+    body = b'{"id":"evt_1","event_id":"e1","guid":"g1","merchant_id":"M1","timestamp":"2026-01-01T00:00:00Z"}'
+    for source, names in SIGNATURE_HEADERS.items():
+        for value in GARBAGE:
+            headers = {"Content-Type": "application/json", "X-Tenant-Id": "t-1",
+                       "webhook-id": "msg_1", "webhook-timestamp": "1", "webhook-signature": "v1,AAAA"}
+            for name in names:
+                headers[name] = value
+            resp = await client.post(f"/pos/{source}/ingest", data=body, headers=headers)
+            assert resp.status == 401, (source, value, resp.status, await resp.text())
+    assert await stored(db) == []
