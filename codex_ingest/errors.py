@@ -95,3 +95,31 @@ class DatabaseUnavailable(IngestError):
     def __init__(self, detail: str | None = None, *, retry_after: int = 5) -> None:
         super().__init__(detail)
         self.headers = {"Retry-After": str(retry_after)}
+
+
+class UnsupportedContentEncoding(IngestError):
+    """Content-Encoding must be absent or identity: compressed bodies are not accepted."""
+
+    status = 415
+    code = "unsupported_content_encoding"
+    headers = {"Accept-Encoding": "identity"}
+
+
+class RequestTimeout(IngestError):
+    """The body did not arrive within BODY_READ_TIMEOUT seconds; nothing was stored."""
+
+    status = 408
+    code = "request_timeout"
+    headers = {"Connection": "close"}
+
+
+class RateLimited(IngestError):
+    """Too many requests for this tenant and source; nothing was stored. Retry after Retry-After seconds."""
+
+    status = 429
+    code = "rate_limited"
+    outcome = "rate_limited"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.headers = {"Retry-After": str(retry_after)}

@@ -47,6 +47,11 @@ class Settings:
     sources: Path | None = None
     # The parsed sources file (holds resolved secrets); None: no sources file.
     source_table: SourcesConfig | None = field(default=None, repr=False)
+    header_read_timeout: float = 10.0
+    body_read_timeout: float = 30.0
+    keepalive_timeout: float = 75.0
+    rate_limit_per_sec: float = 0.0
+    rate_limit_burst: int = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +190,17 @@ SERVE_OPTIONS: tuple[Option, ...] = (
            "server processes sharing the port (default: the number of CPU cores)", "N"),
     Option("sources", "CODEX_SOURCES", _path,
            "TOML file declaring provider sources and their signature schemes (default: none)", "PATH"),
+    Option("header_read_timeout", "HEADER_READ_TIMEOUT", _positive_float,
+           "seconds a client gets to send a request's line and headers, else the connection is closed (default 10)",
+           "SECONDS"),
+    Option("body_read_timeout", "BODY_READ_TIMEOUT", _positive_float,
+           "seconds a client gets to send a request's body after its headers, else 408 (default 30)", "SECONDS"),
+    Option("keepalive_timeout", "KEEPALIVE_TIMEOUT", _positive_float,
+           "seconds an idle keep-alive connection stays open between requests (default 75)", "SECONDS"),
+    Option("rate_limit_per_sec", "RATE_LIMIT_PER_SEC", _non_negative_float,
+           "ingest requests per second per (tenant, source) in each process; 0: no limit (default 0)", "RATE"),
+    Option("rate_limit_burst", "RATE_LIMIT_BURST", _positive_int,
+           "requests a (tenant, source) may send at once before the rate applies (default 10)", "N"),
 )
 
 MIGRATE_OPTIONS: tuple[Option, ...] = DATABASE_OPTIONS
