@@ -19,11 +19,13 @@ from codex_ingest.http_metrics import HttpMetrics
 from codex_ingest.ingest import ingest
 from codex_ingest.metrics import ServiceMetrics, multiprocess_mode, scrape_registry
 from codex_ingest.middleware import errors_as_json, request_id
+from codex_ingest.openapi import openapi_document
 from codex_ingest.probes import healthz, readyz
 from codex_ingest.provider_ingest import route_ingest
 from codex_ingest.providers.base import Clock
 from codex_ingest.providers.registry import build_sources
 from codex_ingest.queries import Queries, load_queries
+from codex_ingest.ratelimit import RateLimiter
 from codex_ingest.settings import Settings
 from codex_ingest.signatures import HmacSha256Verifier
 from codex_ingest.store import EventStore
@@ -43,11 +45,16 @@ def create_app(settings: Settings, *, queries: Queries | None = None, clock: Clo
     app = web.Application(
         middlewares=[request_id, http_metrics.middleware, errors_as_json],
         client_max_size=settings.max_body_bytes,
+        # Compressed bodies are refused (intake.check_content_encoding);
+        # aiohttp must not inflate them while they arrive either.
+        handler_args={"auto_decompress": False},
     )
     app[keys.SETTINGS] = settings
     app[keys.QUERIES] = queries if queries is not None else load_queries()
     app[keys.METRICS] = ServiceMetrics(registry)
     app[keys.VERIFIER] = HmacSha256Verifier(settings.webhook_secret)
+    if settings.rate_limit_per_sec > 0:
+        app[keys.RATE_LIMITER] = RateLimiter(settings.rate_limit_per_sec, settings.rate_limit_burst)
     app.cleanup_ctx.append(_database)
 
     if settings.source_table is not None:
@@ -59,6 +66,7 @@ def create_app(settings: Settings, *, queries: Queries | None = None, clock: Clo
     app.router.add_get("/healthz", healthz, allow_head=True)
     app.router.add_get("/readyz", readyz, allow_head=True)
     app.router.add_get("/metrics", metrics_handler(scrape_registry(registry)))
+    app.router.add_get("/openapi.json", openapi_document)
     return app
 
 

@@ -7,8 +7,8 @@ import time
 from aiohttp import web
 
 from codex_ingest.errors import IdempotencyKeyReused, IngestError
-from codex_ingest.intake import read_event
-from codex_ingest.keys import METRICS, SETTINGS, VERIFIER, WRITER
+from codex_ingest.intake import check_source, read_event, resolve_tenant
+from codex_ingest.keys import METRICS, RATE_LIMITER, SETTINGS, VERIFIER, WRITER
 from codex_ingest.responses import json_response
 from codex_ingest.store import Outcome
 
@@ -21,7 +21,11 @@ async def ingest(request: web.Request) -> web.Response:
     started = time.perf_counter()
     source = request.match_info["source"]
     try:
-        event = await read_event(request, app[VERIFIER], app[SETTINGS].max_body_bytes)
+        limiter = app.get(RATE_LIMITER)
+        if limiter is not None:  # before the body is read: a refused request costs no read
+            limiter.check(resolve_tenant(request), check_source(source))
+        settings = app[SETTINGS]
+        event = await read_event(request, app[VERIFIER], settings.max_body_bytes, settings.body_read_timeout)
         result = await app[WRITER].submit(event)
         if result.outcome is Outcome.CONFLICT:
             raise IdempotencyKeyReused()

@@ -5,6 +5,7 @@ checked before the body is parsed."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from codex_ingest.errors import (
     InvalidSource,
     InvalidTenant,
     PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedContentEncoding,
     UnsupportedMediaType,
 )
 from codex_ingest.signatures import HmacSha256Verifier
@@ -77,16 +80,31 @@ def check_content_type(request: web.Request) -> str | None:
     return request.headers["Content-Type"]
 
 
-async def read_body(request: web.Request, max_bytes: int) -> bytes:
+def check_content_encoding(request: web.Request) -> None:
+    """Compressed bodies are refused (415): no decompression bomb, and the
+    signature is over the bytes received. The app also turns off aiohttp's
+    own request decompression (app.py), so nothing is inflated meanwhile."""
+    encoding = request.headers.get("Content-Encoding")
+    if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+        raise UnsupportedContentEncoding()
+
+
+async def read_body(request: web.Request, max_bytes: int, timeout: float | None = None) -> bytes:
     declared = request.content_length
     if declared is not None and declared > max_bytes:
         raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {max_bytes}")
     try:
         # client_max_size on the Application enforces the same limit while
         # reading, which also covers chunked bodies with no Content-Length.
-        return await request.read()
+        if timeout is None or request.content.is_eof():
+            # Usually the whole body came with the headers: no timer needed.
+            return await request.read()
+        async with asyncio.timeout(timeout):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"the body is larger than the limit of {max_bytes} bytes") from None
+    except TimeoutError:
+        raise RequestTimeout(f"the body did not arrive within {timeout:g} s") from None
 
 
 def check_json(body: bytes) -> None:
@@ -100,13 +118,14 @@ def check_json(body: bytes) -> None:
 
 
 async def read_event(
-    request: web.Request, verifier: HmacSha256Verifier, max_body_bytes: int
+    request: web.Request, verifier: HmacSha256Verifier, max_body_bytes: int, body_timeout: float | None = None
 ) -> IncomingEvent:
     source = check_source(request.match_info["source"])
     tenant = resolve_tenant(request)
     content_type = check_content_type(request)
+    check_content_encoding(request)
     client_key = check_idempotency_key(request.headers.get("Idempotency-Key"))
-    body = await read_body(request, max_body_bytes)
+    body = await read_body(request, max_body_bytes, body_timeout)
     signature = request.headers.get("X-Signature")
     if signature is None:
         signature = request.headers.get("X-Webhook-Signature")

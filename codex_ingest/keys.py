@@ -8,6 +8,7 @@ from codex_ingest.batching import EventWriter
 from codex_ingest.metrics import ServiceMetrics
 from codex_ingest.providers.registry import DeclaredSources
 from codex_ingest.queries import Queries
+from codex_ingest.ratelimit import RateLimiter
 from codex_ingest.settings import Settings
 from codex_ingest.signatures import HmacSha256Verifier
 from codex_ingest.store import EventStore
@@ -19,3 +20,4 @@ VERIFIER = web.AppKey("verifier", HmacSha256Verifier)
 STORE = web.AppKey("store", EventStore)
 WRITER = web.AppKey("writer", EventWriter)
 SOURCES = web.AppKey("sources", DeclaredSources)
+RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)

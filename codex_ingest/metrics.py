@@ -23,6 +23,7 @@ OUTCOMES = (
     "rejected_signature",
     "rejected_input",
     "unavailable",
+    "rate_limited",
 )
 MAX_SOURCE_LABELS = 100
 OTHER_SOURCE = "_other"

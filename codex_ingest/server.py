@@ -14,6 +14,7 @@ from aiohttp.web_log import AccessLogger
 
 from codex_ingest import __version__
 from codex_ingest.app import create_app
+from codex_ingest.connection import ServiceRunner
 from codex_ingest.logs import JsonAccessLogger
 from codex_ingest.settings import Settings
 
@@ -34,7 +35,7 @@ def run_worker(settings: Settings, *, reuse_port: bool = False) -> None:
 
 async def _serve(settings: Settings, reuse_port: bool) -> None:
     app = create_app(settings)
-    runner = web.AppRunner(
+    runner = ServiceRunner(
         app,
         handle_signals=False,
         access_log=logging.getLogger("codex_ingest.access") if settings.access_log else None,
