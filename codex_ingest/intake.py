@@ -87,6 +87,9 @@ def check_content_encoding(request: web.Request) -> None:
     encoding = request.headers.get("Content-Encoding")
     if encoding is not None and encoding.strip().lower() not in ("", "identity"):
         raise UnsupportedContentEncoding()
+    transfer = request.headers.get("Transfer-Encoding")
+    if transfer is not None and transfer.strip().lower() != "chunked":
+        raise UnsupportedContentEncoding("Transfer-Encoding may only be chunked: compressed bodies are not accepted")
 
 
 async def read_body(request: web.Request, max_bytes: int, timeout: float | None = None) -> bytes:
