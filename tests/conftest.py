@@ -12,6 +12,7 @@ from codex_ingest import migrations
 from codex_ingest.app import create_app
 from codex_ingest.settings import Settings
 from codex_ingest.sources import parse_sources
+from tests import live as live_service
 from tests import pg
 from tests.helpers import SECRET
 
@@ -115,3 +116,10 @@ def provider_client(
         return await aiohttp_client(app)  # type: ignore[misc, no-any-return]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def live(database_url: str) -> Iterator[live_service.Live]:
+    """`codex-ingest serve` in a child process on the shared database, for synchronous clients."""
+    with live_service.serve(database_url, HEADER_READ_TIMEOUT="5", BODY_READ_TIMEOUT="5") as service:
+        yield service

@@ -121,3 +121,36 @@ async def exchange(
             await writer.wait_closed()
         except OSError:
             pass
+
+
+def exchange_sync(host: str, port: int, data: bytes, *, timeout: float = 10.0) -> RawResponse | None:
+    """``exchange`` for synchronous tests (hypothesis against a live server)."""
+    import socket
+
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        try:
+            sock.sendall(data)
+        except ConnectionError:
+            pass
+        buffer = b""
+        while b"\r\n\r\n" not in buffer:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionError:
+                return None
+            if not chunk:
+                return None
+            buffer += chunk
+        head, _, rest = buffer.partition(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in header_lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0"))
+        while len(rest) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+        return RawResponse(int(status_line.split(" ")[1]), headers, rest[:length])

@@ -1,0 +1,85 @@
+"""A real ``codex-ingest serve`` in a child process, on the test database:
+for tests whose clients are synchronous (schemathesis, hypothesis) or must
+not share the server's event loop (slowloris)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from codex_ingest.settings import SERVE_OPTIONS
+from tests.helpers import SECRET
+
+BASE_ENV = {k: v for k, v in os.environ.items() if k not in {o.env for o in SERVE_OPTIONS}}
+
+
+@dataclass(frozen=True)
+class Live:
+    host: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log_file: str
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def log(self) -> str:
+        """What the service wrote to stderr so far (JSON lines)."""
+        with open(self.log_file, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve(database_url: str, **env: str) -> Iterator[Live]:
+    """Serve on a free port with one worker; stop with SIGTERM afterwards."""
+    port = free_port()
+    log = tempfile.NamedTemporaryFile(prefix="codex-live-", suffix=".log", delete=False)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "codex_ingest", "serve", "--no-migrate", "--workers", "1", "--port", str(port)],
+        env={**BASE_ENV, "WEBHOOK_SECRET": SECRET, "DATABASE_URL": database_url, "DB_POOL_MAX": "4", **env},
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+    try:
+        _wait_healthy(port, proc, log.name)
+        yield Live("127.0.0.1", port, proc, log.name)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        os.unlink(log.name)
+
+
+def _wait_healthy(port: int, proc: subprocess.Popen[bytes], log_file: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            with open(log_file, encoding="utf-8", errors="replace") as f:
+                raise AssertionError(f"serve exited early: {f.read()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("serve did not become healthy")
