@@ -22,8 +22,8 @@ from aiohttp import web
 
 from codex_ingest.errors import DatabaseUnavailable, IdempotencyKeyReused, IngestError, InvalidTenant, UnknownSource
 from codex_ingest.ingest import ingest
-from codex_ingest.intake import TENANT_PATTERN, IncomingEvent, check_content_type, read_body
-from codex_ingest.keys import METRICS, SETTINGS, SOURCES, WRITER
+from codex_ingest.intake import TENANT_PATTERN, IncomingEvent, check_content_encoding, check_content_type, read_body
+from codex_ingest.keys import METRICS, RATE_LIMITER, SETTINGS, SOURCES, WRITER
 from codex_ingest.metrics import OTHER_SOURCE
 from codex_ingest.providers.base import Delivery, Handshake, Scheme
 from codex_ingest.responses import json_response
@@ -59,12 +59,23 @@ def requested_tenant(request: web.Request) -> str | None:
 
 async def _read(request: web.Request, source: str, scheme: Scheme) -> list[IncomingEvent] | Handshake:
     override = requested_tenant(request)
+    limiter = request.app.get(RATE_LIMITER)
+    if limiter is not None and override is not None:  # tenant known: refuse before reading the body
+        limiter.check(override, source)
     content_type = check_content_type(request)
-    body = await read_body(request, request.app[SETTINGS].max_body_bytes)
+    check_content_encoding(request)
+    settings = request.app[SETTINGS]
+    body = await read_body(request, settings.max_body_bytes, settings.body_read_timeout)
     read = scheme.read(request.headers, body)
     if isinstance(read, Handshake):
         return read
-    return [_event(delivery, override, source, content_type) for delivery in read]
+    events = [_event(delivery, override, source, content_type) for delivery in read]
+    if limiter is not None and override is None:
+        # The provider names the tenant in the body or a signed header: known
+        # only now, after verification, still before the database.
+        for tenant in dict.fromkeys(e.tenant_id for e in events):
+            limiter.check(tenant, source)
+    return events
 
 
 def _event(delivery: Delivery, override: str | None, source: str, content_type: str | None) -> IncomingEvent:
