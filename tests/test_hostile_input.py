@@ -8,15 +8,21 @@ The README's "Hostile input and limits" table is this table in prose.
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
+import hashlib
+import hmac
 import time
 import zlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
+import orjson
 import pytest
 
 from codex_ingest.app import create_app
 from codex_ingest.settings import Settings
+from codex_ingest.sources import parse_sources
 from tests.helpers import SECRET, sign
 from tests.rawhttp import RawResponse, ServiceTestServer, build, chunked, exchange
 
@@ -196,8 +202,9 @@ async def service(aiohttp_client, database_url: str, db):
 
 
 async def test_table_has_at_least_30_distinct_inputs() -> None:
+    every = CASES + PROVIDER_CASES
     assert len(CASES) >= 30
-    assert len({c.name for c in CASES}) == len(CASES)
+    assert len({c.name for c in every}) == len(every)
 
 
 async def test_a_good_request_through_the_same_path_is_stored(service, db) -> None:
@@ -247,3 +254,208 @@ def test_the_apps_aiohttp_does_not_inflate_request_bodies(database_url: str) -> 
     app = create_app(Settings(webhook_secret=SECRET, database_url=database_url))
     assert app._handler_args == {"auto_decompress": False}
 
+
+
+# --- provider signature schemes (issue 4), against a sources file declaring each ----
+# Each provider's request is valid by default (the controls below get 201);
+# each row breaks one thing about its signature headers or signed time.
+
+NOW = 1_764_000_000  # the service's clock for these rows
+SQUARE_URL = "https://ingest.example/pos/square/ingest"
+SW_KEY = b"standard-webhooks-hostile-key-32"
+SOURCES_TOML = f"""
+[sources.square]
+scheme = "square"
+secrets = ["sq-key"]
+notification_url = "{SQUARE_URL}"
+[sources.shopify]
+scheme = "shopify"
+secrets = ["shop-secret"]
+[sources.stripe]
+scheme = "stripe"
+secrets = ["whsec_stripe"]
+[sources.billing]
+scheme = "standard-webhooks"
+secrets = ["whsec_{base64.b64encode(SW_KEY).decode()}"]
+[sources.toast]
+scheme = "toast"
+secrets = ["toast-secret"]
+[sources.clover]
+scheme = "clover"
+secrets = ["clover-auth"]
+"""
+
+
+def b64mac(key: bytes, *parts: bytes) -> str:
+    return base64.b64encode(hmac.new(key, b"".join(parts), hashlib.sha256).digest()).decode()
+
+
+def hexmac(key: bytes, *parts: bytes) -> str:
+    return hmac.new(key, b"".join(parts), hashlib.sha256).hexdigest()
+
+
+def iso(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.000+0000")
+
+
+SQUARE_BODY = b'{"merchant_id":"M1","event_id":"ev-sq-1","type":"payment.updated"}'
+SHOPIFY_BODY = b'{"id":1,"total_price":"9.00"}'
+STRIPE_BODY = b'{"id":"evt_1","account":"acct_1","type":"charge.succeeded"}'
+SW_BODY = b'{"type":"invoice.paid","id":"inv_1"}'
+CLOVER_BODY = b'{"appId":"APP","merchants":{"MID1":[{"objectId":"O:1","type":"UPDATE","ts":1764000000000}]}}'
+
+
+def toast_body(when: int = NOW) -> bytes:
+    return b'{"guid":"g-1","eventType":"orders_updated","timestamp":"' + iso(when).encode() + b'"}'
+
+
+def square(sig: str | None = "auto", body: bytes = SQUARE_BODY) -> bytes:
+    value = b64mac(b"sq-key", SQUARE_URL.encode(), body) if sig == "auto" else sig
+    extra = [] if value is None else [("x-square-hmacsha256-signature", value)]
+    return build(path="/pos/square/ingest", body=body, tenant=None, signature=None, headers=extra)
+
+
+def shopify(sig: str | None = "auto") -> bytes:
+    value = b64mac(b"shop-secret", SHOPIFY_BODY) if sig == "auto" else sig
+    extra = [("X-Shopify-Webhook-Id", "wh-1"), ("X-Shopify-Shop-Domain", "shop.myshopify.com")]
+    if value is not None:
+        extra.append(("X-Shopify-Hmac-Sha256", value))
+    return build(path="/pos/shopify/ingest", body=SHOPIFY_BODY, tenant=None, signature=None, headers=extra)
+
+
+def stripe(header: str | None = None, *, t: int = NOW) -> bytes:
+    if header is None:
+        header = f"t={t},v1={hexmac(b'whsec_stripe', f'{t}.'.encode(), STRIPE_BODY)}"
+    return build(path="/pos/stripe/ingest", body=STRIPE_BODY, tenant=None, signature=None,
+                 headers=[("Stripe-Signature", header)] if header != "-" else [])
+
+
+def standard(*, msg_id: str | None = "msg_1", ts: str | None = str(NOW), sig: str | None = "auto") -> bytes:
+    if sig == "auto":
+        sig = "v1," + b64mac(SW_KEY, f"{msg_id}.{ts}.".encode(), SW_BODY)
+    extra = [(n, v) for n, v in (("webhook-id", msg_id), ("webhook-timestamp", ts), ("webhook-signature", sig))
+             if v is not None]
+    return build(path="/pos/billing/ingest?tenant=t-1", body=SW_BODY, tenant=None, signature=None, headers=extra)
+
+
+def toast(sig: str | None = "auto", body: bytes | None = None) -> bytes:
+    body = toast_body() if body is None else body
+    if sig == "auto":
+        stamp = orjson.loads(body).get("timestamp", "")
+        sig = b64mac(b"toast-secret", body, stamp.encode())
+    extra = [("Toast-Restaurant-External-ID", "rest-1")] + ([] if sig is None else [("Toast-Signature", sig)])
+    return build(path="/pos/toast/ingest", body=body, tenant=None, signature=None, headers=extra)
+
+
+def clover(auth: str | None = "clover-auth") -> bytes:
+    extra = [] if auth is None else [("X-Clover-Auth", auth)]
+    return build(path="/pos/clover/ingest", body=CLOVER_BODY, tenant=None, signature=None, headers=extra)
+
+
+def toast_stamped(when: int) -> bytes:
+    return toast(body=toast_body(when))
+
+
+STRIPE_V1 = hexmac(b"whsec_stripe", f"{NOW}.".encode(), STRIPE_BODY)
+SW_V1 = b64mac(SW_KEY, f"msg_1.{NOW}.".encode(), SW_BODY)
+SQ_SIG = b64mac(b"sq-key", SQUARE_URL.encode(), SQUARE_BODY)
+
+PROVIDER_CONTROLS = {
+    "square": square(), "shopify": shopify(), "stripe": stripe(), "standard-webhooks": standard(),
+    "toast": toast(), "clover": clover(),
+}
+
+PROVIDER_CASES: list[Bad] = [
+    # Square: x-square-hmacsha256-signature = base64(HMAC(key, notification_url + body))
+    Bad("square-missing", square(None), 401, "invalid_signature"),
+    Bad("square-empty", square(""), 401, "invalid_signature"),
+    Bad("square-not-base64", square("%%%"), 401, "invalid_signature"),
+    Bad("square-short-digest", square("c2hvcnQ="), 401, "invalid_signature"),
+    Bad("square-hex-not-base64", square(hexmac(b"sq-key", SQUARE_URL.encode(), SQUARE_BODY)), 401, "invalid_signature"),
+    Bad("square-body-only-signed", square(b64mac(b"sq-key", SQUARE_BODY)), 401, "invalid_signature"),
+    Bad("square-other-url-signed", square(b64mac(b"sq-key", b"https://evil.example/x", SQUARE_BODY)), 401,
+        "invalid_signature"),
+    Bad("square-two-values", square(SQ_SIG + "," + SQ_SIG), 401, "invalid_signature"),
+    # Shopify: X-Shopify-Hmac-Sha256 = base64(HMAC(secret, body))
+    Bad("shopify-missing", shopify(None), 401, "invalid_signature"),
+    Bad("shopify-not-base64", shopify("not base64!"), 401, "invalid_signature"),
+    Bad("shopify-hex-not-base64", shopify(hexmac(b"shop-secret", SHOPIFY_BODY)), 401, "invalid_signature"),
+    Bad("shopify-wrong-secret", shopify(b64mac(b"other", SHOPIFY_BODY)), 401, "invalid_signature"),
+    Bad("shopify-non-ascii", shopify("\u00e9t\u00e9"), 401, "invalid_signature"),
+    # Stripe: Stripe-Signature: t=<unix>,v1=<hex HMAC(secret, "t." + body)>
+    Bad("stripe-missing", stripe("-"), 401, "invalid_signature"),
+    Bad("stripe-empty", stripe(""), 401, "invalid_signature"),
+    Bad("stripe-no-t", stripe(f"v1={STRIPE_V1}"), 401, "invalid_signature"),
+    Bad("stripe-no-v1", stripe(f"t={NOW}"), 401, "invalid_signature"),
+    Bad("stripe-t-not-a-number", stripe(f"t=now,v1={STRIPE_V1}"), 401, "invalid_signature"),
+    Bad("stripe-t-twice", stripe(f"t={NOW},t={NOW},v1={STRIPE_V1}"), 401, "invalid_signature"),
+    Bad("stripe-t-huge", stripe(f"t={'9' * 30},v1={STRIPE_V1}"), 401, "invalid_signature"),
+    Bad("stripe-v1-not-hex", stripe(f"t={NOW},v1=" + "z" * 64), 401, "invalid_signature"),
+    Bad("stripe-v0-only", stripe(f"t={NOW},v0={STRIPE_V1}"), 401, "invalid_signature"),
+    Bad("stripe-no-separators", stripe(f"t{NOW}v1{STRIPE_V1}"), 401, "invalid_signature"),
+    Bad("stripe-stale-timestamp", stripe(t=NOW - 301), 401, "invalid_signature"),
+    Bad("stripe-future-timestamp", stripe(t=NOW + 301), 401, "invalid_signature"),
+    # Standard Webhooks: webhook-id, webhook-timestamp, webhook-signature: v1,<base64>
+    Bad("sw-missing-id", standard(msg_id=None, sig="v1," + SW_V1), 401, "invalid_signature"),
+    Bad("sw-missing-timestamp", standard(ts=None, sig="v1," + SW_V1), 401, "invalid_signature"),
+    Bad("sw-missing-signature", standard(sig=None), 401, "invalid_signature"),
+    Bad("sw-timestamp-not-a-number", standard(ts="soon", sig="v1," + SW_V1), 401, "invalid_signature"),
+    Bad("sw-v1a-only", standard(sig="v1a," + SW_V1), 401, "invalid_signature"),
+    Bad("sw-v1-empty", standard(sig="v1,"), 401, "invalid_signature"),
+    Bad("sw-no-version", standard(sig=SW_V1), 401, "invalid_signature"),
+    Bad("sw-not-base64", standard(sig="v1,@@@@"), 401, "invalid_signature"),
+    Bad("sw-stale-timestamp", standard(ts=str(NOW - 301)), 401, "invalid_signature"),
+    Bad("sw-future-timestamp", standard(ts=str(NOW + 301)), 401, "invalid_signature"),
+    # Toast: Toast-Signature = base64(HMAC(secret, body + body's timestamp))
+    Bad("toast-missing", toast(None), 401, "invalid_signature"),
+    Bad("toast-not-base64", toast("not base64!"), 401, "invalid_signature"),
+    Bad("toast-body-only-signed", toast(b64mac(b"toast-secret", toast_body())), 401, "invalid_signature"),
+    Bad("toast-no-timestamp-in-body", toast(body=b'{"guid":"g-1"}'), 401, "invalid_signature"),
+    Bad("toast-timestamp-not-iso", toast(body=b'{"guid":"g-1","timestamp":"yesterday"}'), 401, "invalid_signature"),
+    Bad("toast-stale-timestamp", toast_stamped(NOW - 301), 401, "invalid_signature"),
+    Bad("toast-future-timestamp", toast_stamped(NOW + 301), 401, "invalid_signature"),
+    # Clover: X-Clover-Auth = the app's auth code
+    Bad("clover-missing", clover(None), 401, "invalid_signature"),
+    Bad("clover-empty", clover(""), 401, "invalid_signature"),
+    Bad("clover-wrong", clover("clover-auth-x"), 401, "invalid_signature"),
+    Bad("clover-prefix", clover("clover-aut"), 401, "invalid_signature"),
+]
+
+
+@pytest.fixture
+async def provider_service(aiohttp_client, database_url: str, db):
+    settings = Settings(
+        webhook_secret=SECRET, database_url=database_url, db_pool_min=1, db_pool_max=4,
+        max_body_bytes=LIMIT, header_read_timeout=DEADLINE, body_read_timeout=DEADLINE,
+        source_table=parse_sources(SOURCES_TOML, {}),
+    )
+    client = await aiohttp_client(ServiceTestServer(create_app(settings, clock=lambda: float(NOW))))
+    return client.server
+
+
+@pytest.mark.parametrize("name", sorted(PROVIDER_CONTROLS))
+async def test_provider_control_request_is_stored(provider_service, db, name: str) -> None:
+    # Each provider's unbroken request is accepted: the rows below fail
+    # for the one thing they break.
+    resp = await exchange(provider_service.host, provider_service.port, PROVIDER_CONTROLS[name])
+    assert resp is not None and resp.status == 201, (resp, resp and resp.body)
+    assert await db.fetchval("SELECT count(*) FROM events") >= 1
+
+
+@pytest.mark.parametrize("case", PROVIDER_CASES, ids=lambda c: c.name)
+async def test_hostile_provider_signature(provider_service, db, case: Bad) -> None:
+    resp = await exchange(provider_service.host, provider_service.port, case.request)
+    assert resp is not None, "connection closed without an answer"
+    assert resp.status == case.status, (resp.status, resp.body[:300])
+    doc = resp.json()
+    assert set(doc) == {"error", "detail"} and doc["error"] == case.error, doc
+    assert await db.fetchval("SELECT count(*) FROM events") == 0
+
+
+@pytest.mark.parametrize("source", ["square", "stripe", "clover"])
+async def test_provider_sources_refuse_compressed_bodies_too(provider_service, db, source: str) -> None:
+    request = {"square": square, "stripe": stripe, "clover": clover}[source]()
+    request = request.replace(b"\r\n\r\n", b"\r\nContent-Encoding: gzip\r\n\r\n", 1)
+    resp = await exchange(provider_service.host, provider_service.port, request)
+    assert resp is not None and resp.status == 415
+    assert await db.fetchval("SELECT count(*) FROM events") == 0

@@ -168,3 +168,31 @@ async def test_http_invalid_tenant_is_400_not_429(limited, db) -> None:
         await client.post(URL, data=body(i), headers=headers(body(i)))
     resp = await client.post(URL, data=body(5), headers=headers(body(5), tenant="bad tenant"))
     assert resp.status == 400
+
+
+CLOVER_TOML = """
+[sources.clover]
+scheme = "clover"
+secrets = ["clover-auth"]
+"""
+CLOVER = b'{"appId":"A","merchants":{"MID1":[{"objectId":"O:%d","type":"UPDATE","ts":1}]}}'
+
+
+async def test_provider_source_limited_by_the_tenant_it_names(aiohttp_client, settings, db) -> None:
+    # Clover names the merchant in the body: the bucket is the merchant's,
+    # checked after verification and before anything is stored.
+    from codex_ingest.sources import parse_sources
+
+    clock = Clock()
+    app = create_app(replace(settings, source_table=parse_sources(CLOVER_TOML, {})))
+    app[keys.RATE_LIMITER] = RateLimiter(1.0, 2, clock=clock)
+    client = await aiohttp_client(app)
+    h = {"Content-Type": "application/json", "X-Clover-Auth": "clover-auth"}
+    answers = [await client.post("/pos/clover/ingest", data=CLOVER % i, headers=h) for i in range(3)]
+    assert [r.status for r in answers] == [201, 201, 429]
+    assert answers[2].headers["Retry-After"] == "1"
+    # An overriding tenant has its own bucket, checked before the body is read.
+    other = await client.post("/pos/clover/ingest?tenant=t-9", data=CLOVER % 7, headers=h)
+    assert other.status == 201
+    assert await count(db) == 3
+    assert await db.fetchval("SELECT count(*) FROM events WHERE tenant_id = 'MID1'") == 2
