@@ -71,7 +71,7 @@ async def _read(request: web.Request, source: str, scheme: Scheme) -> list[Incom
         return read
     events = [_event(delivery, override, source, content_type) for delivery in read]
     if limiter is not None and override is None:
-        # The provider names the tenant in the body or a signed header: known
+        # The provider names the tenant in the body or its own header: known
         # only now, after verification, still before the database.
         for tenant in dict.fromkeys(e.tenant_id for e in events):
             limiter.check(tenant, source)
