@@ -1,6 +1,7 @@
 """Property tests (hypothesis): whatever the bytes and header strings, the
-verifier raises only InvalidSignature, and the service answers a 2xx or a
-4xx — never a 5xx — and stores nothing for a 4xx."""
+verifier raises only InvalidSignature, every provider scheme only the
+service's own 4xx errors, and the service answers a 2xx or a 4xx — never a
+5xx — and stores nothing for a 4xx."""
 
 from __future__ import annotations
 
@@ -12,9 +13,13 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from multidict import CIMultiDict
 
-from codex_ingest.errors import InvalidSignature
+from codex_ingest.errors import IngestError, InvalidSignature
+from codex_ingest.providers.registry import build_sources
 from codex_ingest.signatures import HmacSha256Verifier
+from codex_ingest.sources import parse_sources
+from tests import test_hostile_input
 from tests.helpers import SECRET, sign
 from tests.live import Live
 from tests.rawhttp import build, exchange_sync
@@ -125,3 +130,31 @@ def test_the_live_service_logged_no_error(live: Live) -> None:
     # exception would have left an "error" line (with its traceback).
     errors = [line for line in live.log().splitlines() if '"level":"error"' in line or "Traceback" in line]
     assert errors == []
+
+
+# Every provider scheme (issue 4) raises only the service's own errors
+# (IngestError: 401 invalid_signature, 400 for a body it cannot read), for
+# any body and any values of the headers it reads.
+SCHEME_HEADERS = [
+    "x-square-hmacsha256-signature", "X-Shopify-Hmac-Sha256", "X-Shopify-Webhook-Id", "X-Shopify-Event-Id",
+    "X-Shopify-Shop-Domain", "Stripe-Signature", "webhook-id", "webhook-timestamp", "webhook-signature",
+    "Toast-Signature", "Toast-Restaurant-External-ID", "X-Clover-Auth", "X-Signature", "Idempotency-Key",
+]
+SCHEMES = build_sources(parse_sources(test_hostile_input.SOURCES_TOML + """
+[sources.pos]
+scheme = "hmac-sha256"
+secrets = ["k"]
+""", {}), lambda: float(test_hostile_input.NOW)).schemes
+
+
+@given(
+    source=st.sampled_from(sorted(SCHEMES)),
+    body=mostly(json_documents, st.binary(max_size=1024)),
+    values=st.dictionaries(st.sampled_from(SCHEME_HEADERS), header_text, max_size=6),
+)
+@settings(max_examples=500, deadline=None)
+def test_provider_schemes_raise_only_the_services_own_errors(source: str, body: bytes, values: dict[str, str]) -> None:
+    try:
+        SCHEMES[source].read(CIMultiDict(values), body)
+    except IngestError as exc:
+        assert 400 <= exc.status < 500, exc
