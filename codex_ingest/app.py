@@ -94,9 +94,10 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
             max_delay=settings.batch_max_delay_ms / 1000,
             max_concurrent=settings.db_pool_max,
             retry_after=settings.retry_after_seconds,
+            timeout=settings.db_write_timeout,
         )
     else:
-        writer = DirectWriter(store)
+        writer = DirectWriter(store, timeout=settings.db_write_timeout, retry_after=settings.retry_after_seconds)
     app[keys.WRITER] = writer
     app[keys.METRICS].watch_pool(pool.get_size, lambda: pool.get_size() - pool.get_idle_size())
     refresher = asyncio.create_task(_refresh_pool_gauges(app)) if multiprocess_mode() else None

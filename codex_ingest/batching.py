@@ -10,6 +10,12 @@ gathers and hands out.
 
 A request whose client went away stays in its batch: the batch commits or
 not as a whole, and no answer is produced for a future nobody awaits.
+
+Every wait is bounded by ``timeout`` (DB_WRITE_TIMEOUT): a request gives up
+after that long in the queue and in its batch together, and a batch that
+has not committed by then is cancelled (asyncpg cancels its statement on
+the server, so it either committed before or rolls back). Either way the
+request gets a 503 and its retry settles what happened.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 from codex_ingest.errors import DatabaseUnavailable, IngestError
@@ -34,17 +41,54 @@ class EventWriter(Protocol):
     async def close(self) -> None: ...
 
 
-class DirectWriter:
-    """Batching off: one INSERT per request, for comparison and as a fallback."""
+def _timed_out(timeout: float, retry_after: int) -> DatabaseUnavailable:
+    return DatabaseUnavailable(
+        f"the database did not confirm the write within {timeout:g} s; retry "
+        "(if it was stored after all, the retry is answered as a duplicate)",
+        retry_after=retry_after,
+    )
 
-    def __init__(self, store: EventStore) -> None:
+
+class DirectWriter:
+    """Batching off: one INSERT per request, for comparison and as a fallback.
+
+    The write runs in a task of its own, shielded from the request: a
+    request cancelled mid-write (its client went away with
+    handler_cancellation on, or the shutdown grace ran out) does not cancel
+    a statement that may be committing. ``close`` waits for such writes.
+    """
+
+    def __init__(self, store: EventStore, *, timeout: float, retry_after: int) -> None:
         self._store = store
+        self._timeout = timeout
+        self._retry_after = retry_after
+        self._in_flight: set[asyncio.Task[StoreResult]] = set()
 
     async def submit(self, event: IncomingEvent) -> StoreResult:
-        return await self._store.store_event(event)
+        task = asyncio.get_running_loop().create_task(self._write(event))
+        self._in_flight.add(task)
+        task.add_done_callback(_forget(self._in_flight))
+        return await asyncio.shield(task)
+
+    async def _write(self, event: IncomingEvent) -> StoreResult:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await self._store.store_event(event)
+        except TimeoutError:
+            raise _timed_out(self._timeout, self._retry_after) from None
 
     async def close(self) -> None:
-        return None
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+
+def _forget(tasks: set[asyncio.Task[StoreResult]]) -> Callable[[asyncio.Task[StoreResult]], None]:
+    def done(task: asyncio.Task[StoreResult]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a write nobody awaits any more must not log "never retrieved"
+
+    return done
 
 
 _Pending = tuple[IncomingEvent, "asyncio.Future[StoreResult]"]
@@ -59,8 +103,10 @@ class BatchWriter:
         max_delay: float,
         max_concurrent: int,
         retry_after: int,
+        timeout: float = 10.0,
     ) -> None:
         self._store = store
+        self._timeout = timeout
         self._max_rows = max_rows
         self._max_delay = max_delay
         self._retry_after = retry_after
@@ -80,7 +126,13 @@ class BatchWriter:
         self._arrived.set()
         if len(self._pending) >= self._max_rows:
             self._full.set()
-        return await future
+        try:
+            async with asyncio.timeout(self._timeout):
+                # Cancelling this wait cancels only the future: the event
+                # stays in its batch, which skips answering it.
+                return await future
+        except TimeoutError:
+            raise _timed_out(self._timeout, self._retry_after) from None
 
     async def close(self) -> None:
         """Write what is pending, wait for batches in flight, then stop."""
@@ -116,8 +168,12 @@ class BatchWriter:
         self._slots.release()
 
     async def _write(self, batch: list[_Pending]) -> None:
+        results: list[StoreResult | IngestError]
         try:
-            results: list[StoreResult | IngestError] = await self._store.store_batch([e for e, _ in batch])
+            async with asyncio.timeout(self._timeout):
+                results = await self._store.store_batch([e for e, _ in batch])
+        except TimeoutError:
+            results = [_timed_out(self._timeout, self._retry_after)] * len(batch)
         except Exception as exc:
             # DatabaseUnavailable becomes each request's 503; anything else is
             # a bug, and each request's 500 (logged by the error middleware).

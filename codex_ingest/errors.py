@@ -86,7 +86,7 @@ class EventRejected(IngestError):
 
 
 class DatabaseUnavailable(IngestError):
-    """The database is unavailable; the event was not stored. Retry later."""
+    """The database is unavailable; the event may not have been stored. Retry later."""
 
     status = 503
     code = "database_unavailable"

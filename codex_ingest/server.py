@@ -20,9 +20,6 @@ from codex_ingest.settings import Settings
 
 log = logging.getLogger("codex_ingest")
 
-# Seconds in-flight requests get to finish after SIGTERM before they are cancelled.
-SHUTDOWN_GRACE_SECONDS = 10.0
-
 
 class StartupError(Exception):
     """The service could not start; the message says why in one line."""
@@ -33,15 +30,27 @@ def run_worker(settings: Settings, *, reuse_port: bool = False) -> None:
     uvloop.run(_serve(settings, reuse_port))
 
 
-async def _serve(settings: Settings, reuse_port: bool) -> None:
-    app = create_app(settings)
-    runner = ServiceRunner(
+def make_runner(app: web.Application, settings: Settings) -> ServiceRunner:
+    """The runner serve uses; tests build theirs here too, to serve exactly as production does."""
+    return ServiceRunner(
         app,
         handle_signals=False,
         access_log=logging.getLogger("codex_ingest.access") if settings.access_log else None,
         access_log_class=JsonAccessLogger if settings.access_log else AccessLogger,
-        shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
+        # After SIGTERM: listening stops, idle keep-alive connections close,
+        # requests in progress get this long to finish before they are
+        # cancelled; then the app's cleanup writes what batching still holds
+        # and closes the pool.
+        shutdown_timeout=settings.shutdown_grace_seconds,
+        # Stated although it is aiohttp's default: a client that disconnects
+        # does not cancel its handler, so a write that started is finished
+        # and its outcome settled (the writers shield it as well).
+        handler_cancellation=False,
     )
+
+
+async def _serve(settings: Settings, reuse_port: bool) -> None:
+    runner = make_runner(create_app(settings), settings)
     try:
         await runner.setup()  # opens the pool
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -63,7 +72,7 @@ async def _serve(settings: Settings, reuse_port: bool) -> None:
             extra={"host": settings.host, "port": settings.port, "version": __version__, "settings": repr(settings)},
         )
         await stopping.wait()
-        log.info("shutting down", extra={"grace_seconds": SHUTDOWN_GRACE_SECONDS})
+        log.info("shutting down", extra={"grace_seconds": settings.shutdown_grace_seconds})
     finally:
         await runner.cleanup()
     log.info("stopped")

@@ -35,6 +35,7 @@ class Settings:
     db_pool_max: int = 16
     db_connect_timeout: float = 5.0
     db_command_timeout: float = 5.0
+    db_write_timeout: float = 10.0
     max_body_bytes: int = 1024 * 1024
     retry_after_seconds: int = 5
     log_level: str = "INFO"
@@ -52,6 +53,7 @@ class Settings:
     keepalive_timeout: float = 75.0
     rate_limit_per_sec: float = 0.0
     rate_limit_burst: int = 10
+    shutdown_grace_seconds: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +174,9 @@ SERVE_OPTIONS: tuple[Option, ...] = (
            "seconds to wait for a connection before answering 503 (default 5)", "SECONDS"),
     Option("db_command_timeout", "DB_COMMAND_TIMEOUT", _positive_float,
            "seconds one statement may run before answering 503 (default 5)", "SECONDS"),
+    Option("db_write_timeout", "DB_WRITE_TIMEOUT", _positive_float,
+           "seconds a request waits for its event's write (queue, connection, statements, commit) "
+           "before answering 503 (default 10)", "SECONDS"),
     Option("max_body_bytes", "MAX_BODY_BYTES", _positive_int,
            "largest accepted body in bytes; larger is 413 (default 1048576)", "BYTES"),
     Option("retry_after_seconds", "RETRY_AFTER_SECONDS", _positive_int,
@@ -201,6 +206,9 @@ SERVE_OPTIONS: tuple[Option, ...] = (
            "ingest requests per second per (tenant, source) in each process; 0: no limit (default 0)", "RATE"),
     Option("rate_limit_burst", "RATE_LIMIT_BURST", _positive_int,
            "requests a (tenant, source) may send at once before the rate applies (default 10)", "N"),
+    Option("shutdown_grace_seconds", "SHUTDOWN_GRACE_SECONDS", _positive_float,
+           "after SIGTERM, seconds in-flight requests and batches get to finish before they are "
+           "cancelled (default 10)", "SECONDS"),
 )
 
 MIGRATE_OPTIONS: tuple[Option, ...] = DATABASE_OPTIONS

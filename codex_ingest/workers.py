@@ -97,7 +97,7 @@ def supervise(settings: Settings) -> int:
             )
         else:
             log.info("stopping workers", extra={"signal": signal.Signals(stop_signal[0]).name})
-        _stop_all(processes)
+        _stop_all(processes, stop_budget(settings))
         return 1 if failed is not None else 0
     finally:
         for signum, handler in previous.items():
@@ -106,13 +106,19 @@ def supervise(settings: Settings) -> int:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _stop_all(processes: list) -> None:
-    from codex_ingest.server import SHUTDOWN_GRACE_SECONDS
+def stop_budget(settings: Settings) -> float:
+    """Longest a worker's graceful stop can take: the grace for requests,
+    then the batches still in flight, then closing the pool."""
+    return (
+        settings.shutdown_grace_seconds + settings.db_write_timeout + settings.db_command_timeout + _STOP_MARGIN_SECONDS
+    )
 
+
+def _stop_all(processes: list, budget: float) -> None:
     for process in processes:
         if process.exitcode is None:
             process.terminate()  # SIGTERM: the worker's graceful shutdown
-    deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS + _STOP_MARGIN_SECONDS
+    deadline = time.monotonic() + budget
     for process in processes:
         process.join(max(0.0, deadline - time.monotonic()))
         if process.exitcode is None:
