@@ -1,16 +1,20 @@
 """The database stops mid-test: 503 with Retry-After, never a 2xx or a 500,
-and the service recovers by itself when the database is back."""
+no request waits past DB_WRITE_TIMEOUT, and the service recovers by itself
+within 5 s of the database being back."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Iterator
 
 import asyncpg
 import pytest
 
+from bench.faults import SignedLoad, status_counts, stored_copies, verdict
 from codex_ingest import migrations
 from codex_ingest.app import create_app
+from codex_ingest.queries import load_queries
 from codex_ingest.settings import Settings
 from tests import pg
 from tests.helpers import SECRET, headers
@@ -83,3 +87,128 @@ async def test_database_stopped_mid_test_gives_503_then_recovers(aiohttp_client,
         await conn.close()
     # Only what was answered 201 is stored: nothing from the outage but the retried one.
     assert bodies == [before, during[0]]
+
+
+# -- under load ------------------------------------------------------------------
+
+WRITE_TIMEOUT = 3.0
+# Every ingest is answered within DB_WRITE_TIMEOUT; the margin is for a slow machine.
+ANSWER_BOUND = WRITE_TIMEOUT + 5.0
+RECOVERY_BOUND = 5.0  # the spec: back by itself within 5 s of the database
+
+
+@pytest.mark.parametrize("batching", [True, False], ids=["batched", "direct"])
+async def test_outage_under_load_is_503_within_bounds_and_recovery_takes_under_5_s(
+    aiohttp_client, own_server, batching: bool
+) -> None:
+    url = own_server.url("postgres")
+    migrations.apply_all(url)
+    settings = Settings(
+        webhook_secret=SECRET,
+        database_url=url,
+        db_pool_min=2,
+        db_pool_max=4,
+        db_connect_timeout=1.0,
+        db_command_timeout=2.0,
+        db_write_timeout=WRITE_TIMEOUT,
+        retry_after_seconds=7,
+        batching=batching,
+    )
+    client = await aiohttp_client(create_app(settings))
+    load = SignedLoad(str(client.make_url("/pos/chaos/ingest")), secret=SECRET, concurrency=8, pause=0.02, timeout=60)
+    stop = asyncio.Event()
+    sender = asyncio.create_task(load.run(stop))
+    loop = asyncio.get_running_loop()
+    try:
+        await until(lambda: len(load.acknowledged) >= 40, "acknowledgements before the outage")
+        await asyncio.to_thread(own_server.stop, "immediate")
+        down = loop.time()
+        await asyncio.sleep(1.0)
+        readiness_down = (await client.get("/readyz")).status
+        starting = loop.time()
+        await asyncio.to_thread(own_server.start)
+        up = loop.time()  # pg_ctl start -w returned: the database accepts connections
+        await until(lambda: any(a.acknowledged and a.sent >= starting for a in load.answers), "recovery", timeout=15)
+        # The first 2xx after the restart; it may even come before pg_ctl returns.
+        recovered = max(0.0, min(a.answered for a in load.answers if a.acknowledged and a.sent >= starting) - up)
+        await asyncio.sleep(0.3)
+    finally:
+        stop.set()
+        await sender
+    readiness_up = (await client.get("/readyz")).status
+
+    statuses = {a.status for a in load.answers}
+    assert statuses <= {201, 503}, status_counts(load.answers)  # never a 500, never a dropped request
+    assert all(a.retry_after == "7" for a in load.answers if a.status == 503)
+    during = [a for a in load.answers if a.sent >= down and a.answered <= starting]
+    assert during and all(a.status == 503 for a in during), status_counts(during)
+    slowest = max(a.seconds for a in load.answers)
+    assert slowest <= ANSWER_BOUND, f"a request took {slowest:.1f} s"
+    assert readiness_down == 503 and readiness_up == 200
+    assert recovered <= RECOVERY_BOUND, f"recovered {recovered:.2f} s after the database was back"
+
+    copies = await stored_copies(url, load.tenant)
+    result = verdict(load, copies)
+    assert result["lost"] == 0 and result["doubled"] == 0 and result["stranger"] == 0, result
+    await resend_settles(load, url)
+
+
+@pytest.mark.parametrize("batching", [True, False], ids=["batched", "direct"])
+async def test_a_write_stuck_on_a_lock_is_answered_503_within_db_write_timeout(
+    aiohttp_client, own_server, batching: bool
+) -> None:
+    # DB_COMMAND_TIMEOUT is long on purpose: only DB_WRITE_TIMEOUT bounds the wait.
+    url = own_server.url("postgres")
+    migrations.apply_all(url)
+    settings = Settings(
+        webhook_secret=SECRET, database_url=url, db_pool_min=1, db_pool_max=1,
+        db_connect_timeout=30.0, db_command_timeout=30.0, db_write_timeout=1.0, batching=batching,
+    )
+    client = await aiohttp_client(create_app(settings))
+    load = SignedLoad(str(client.make_url("/pos/chaos/ingest")), secret=SECRET)
+    blocker = await asyncpg.connect(url)
+    try:
+        tx = blocker.transaction()
+        await tx.start()
+        # Another writer holds event 0's key, uncommitted: our INSERT of it waits on the lock,
+        # holding the pool's only connection, so events 1-4 queue behind it.
+        body, hdrs = load.request(0)
+        await blocker.fetchrow(
+            load_queries().sql("insert_event"),
+            load.tenant, "chaos", hdrs["Idempotency-Key"], hashlib.sha256(body).digest(), body, "application/json",
+        )
+        async with load.session() as session:
+            answers = await asyncio.gather(*(load.send(session, n) for n in range(5)))
+        await tx.rollback()
+    finally:
+        await blocker.close()
+    assert [a.status for a in answers] == [503] * 5
+    assert all(a.seconds <= 1.0 + 4.0 for a in answers), [round(a.seconds, 2) for a in answers]
+    await resend_settles(load, url)
+
+
+async def resend_settles(load: SignedLoad, url: str) -> None:
+    """Resending every unacknowledged event gets a 2xx and leaves one row per key.
+
+    A 503 promises nothing either way: a write cut off by a timeout or an
+    outage may have committed (a batch that lost its race with its own
+    cancellation, or events still queued when their requests gave up). A
+    key already stored must be answered 200 with its row; the others 201,
+    or 200 if a late write landed in between.
+    """
+    stored_before = set(await stored_copies(url, load.tenant))
+    resent = await load.resend(load.unacknowledged)
+    assert all(a.status in (200, 201) for a in resent), status_counts(resent)
+    assert all(a.status == 200 for a in resent if a.key in stored_before), status_counts(resent)
+    copies = await stored_copies(url, load.tenant)
+    assert set(copies) == load.sent_keys and set(copies.values()) == {1}
+
+
+async def until(condition, what: str, timeout: float = 30.0) -> None:
+    """Wait for a condition of the running load; fail saying what never happened."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
