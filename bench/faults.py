@@ -208,6 +208,8 @@ class Service:
             "WEBHOOK_SECRET": self.secret,
             "PORT": str(self.port),
             "WORKERS": str(self.workers),
+            # kill -9 leaves the workers' metrics directory behind: keep it beside the log.
+            "TMPDIR": str(self.log_path.parent),
             **self.env,
         }
         self._log = self.log_path.open("ab")
