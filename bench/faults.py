@@ -110,8 +110,8 @@ class SignedLoad:
                 while not stop.is_set():
                     n, self._next = self._next, self._next + 1
                     answer = await self.send(session, n)
-                    if self.pause or answer.status == 0:
-                        # A refused connection returns at once: do not spin.
+                    if self.pause or not answer.acknowledged:
+                        # A refused connection or a 503 returns at once: do not spin.
                         await asyncio.sleep(self.pause or 0.02)
 
             await asyncio.gather(*(sender() for _ in range(self.concurrency)))
