@@ -64,7 +64,7 @@ class SignedLoad:
 
     url: str
     secret: str
-    tenant: str = "chaos"
+    tenant: str = ""              # default: chaos-<run_id>, so runs sharing a database never meet
     concurrency: int = 8
     pause: float = 0.0            # seconds each sender waits between requests
     timeout: float = 30.0         # client-side bound on one request
@@ -73,6 +73,7 @@ class SignedLoad:
     _next: int = 0
 
     def __post_init__(self) -> None:
+        self.tenant = self.tenant or f"chaos-{self.run_id}"
         self._shapes = load_payloads()
         self._key = self.secret.encode()
 

@@ -18,9 +18,10 @@ import pytest
 from bench.faults import Service, SignedLoad, status_counts, stored_copies, verdict
 from codex_ingest import migrations
 from tests import pg
+from tests.faults import resend_settles, until
 from tests.helpers import SECRET
 from tests.test_cli import free_port
-from tests.test_unavailable import RECOVERY_BOUND, resend_settles, until
+from tests.test_unavailable import RECOVERY_BOUND
 
 INGEST = "/pos/chaos/ingest"
 # Short timeouts so an outage answers 503 quickly; generous enough for a busy machine.

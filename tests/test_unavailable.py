@@ -5,7 +5,6 @@ within 5 s of the database being back."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Iterator
 
 import asyncpg
@@ -14,9 +13,9 @@ import pytest
 from bench.faults import SignedLoad, status_counts, stored_copies, verdict
 from codex_ingest import migrations
 from codex_ingest.app import create_app
-from codex_ingest.queries import load_queries
 from codex_ingest.settings import Settings
 from tests import pg
+from tests.faults import key_held, resend_settles, until
 from tests.helpers import SECRET, headers
 
 URL = "/pos/toast/ingest"
@@ -166,49 +165,12 @@ async def test_a_write_stuck_on_a_lock_is_answered_503_within_db_write_timeout(
     )
     client = await aiohttp_client(create_app(settings))
     load = SignedLoad(str(client.make_url("/pos/chaos/ingest")), secret=SECRET)
-    blocker = await asyncpg.connect(url)
-    try:
-        tx = blocker.transaction()
-        await tx.start()
-        # Another writer holds event 0's key, uncommitted: our INSERT of it waits on the lock,
-        # holding the pool's only connection, so events 1-4 queue behind it.
-        body, hdrs = load.request(0)
-        await blocker.fetchrow(
-            load_queries().sql("insert_event"),
-            load.tenant, "chaos", hdrs["Idempotency-Key"], hashlib.sha256(body).digest(), body, "application/json",
-        )
+    # Another writer holds event 0's key, uncommitted: our INSERT of it waits on the lock,
+    # holding the pool's only connection, so events 1-4 queue behind it.
+    async with key_held(url, load, 0) as tx:
         async with load.session() as session:
             answers = await asyncio.gather(*(load.send(session, n) for n in range(5)))
         await tx.rollback()
-    finally:
-        await blocker.close()
     assert [a.status for a in answers] == [503] * 5
     assert all(a.seconds <= 1.0 + 4.0 for a in answers), [round(a.seconds, 2) for a in answers]
     await resend_settles(load, url)
-
-
-async def resend_settles(load: SignedLoad, url: str) -> None:
-    """Resending every unacknowledged event gets a 2xx and leaves one row per key.
-
-    A 503 promises nothing either way: a write cut off by a timeout or an
-    outage may have committed (a batch that lost its race with its own
-    cancellation, or events still queued when their requests gave up). A
-    key already stored must be answered 200 with its row; the others 201,
-    or 200 if a late write landed in between.
-    """
-    stored_before = set(await stored_copies(url, load.tenant))
-    resent = await load.resend(load.unacknowledged)
-    assert all(a.status in (200, 201) for a in resent), status_counts(resent)
-    assert all(a.status == 200 for a in resent if a.key in stored_before), status_counts(resent)
-    copies = await stored_copies(url, load.tenant)
-    assert set(copies) == load.sent_keys and set(copies.values()) == {1}
-
-
-async def until(condition, what: str, timeout: float = 30.0) -> None:
-    """Wait for a condition of the running load; fail saying what never happened."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
