@@ -196,6 +196,7 @@ class Service:
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
+    _serving_before: int = 0
 
     @property
     def base_url(self) -> str:
@@ -214,6 +215,7 @@ class Service:
             **self.env,
         }
         self._log = self.log_path.open("ab")
+        self._serving_before = self.log_path.read_bytes().count(b'"msg":"serving"')
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "codex_ingest", "serve", "--no-migrate"],
             env=env,
@@ -225,12 +227,15 @@ class Service:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"serve exited at start with {self.proc.returncode}; see {self.log_path}")
-            try:
-                with urllib.request.urlopen(f"{self.base_url}/readyz", timeout=1) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                pass
+            # Every worker says "serving" once its pool is open and it listens;
+            # until then /readyz may come from the first one alone.
+            if self.log_path.read_bytes().count(b'"msg":"serving"') >= self._serving_before + self.workers:
+                try:
+                    with urllib.request.urlopen(f"{self.base_url}/readyz", timeout=1) as resp:
+                        if resp.status == 200:
+                            return
+                except OSError:
+                    pass
             time.sleep(0.1)
         raise RuntimeError(f"serve did not become ready; see {self.log_path}")
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web import BaseRequest, StreamResponse
 
 # Attributes every LogRecord has; anything else was passed with extra=.
@@ -37,9 +38,28 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+class RedactUnparsableRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse at ERROR with the parser's
+    message, which quotes the offending bytes: a header line (a signature,
+    say) or a piece of a chunked body. Keep the error's class and status,
+    drop the bytes and the traceback; and since the fault is the client's,
+    log it at INFO, so clients cannot fill the error log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        record.msg, record.args = "unparsable HTTP request", ()
+        record.error, record.status = type(exc).__name__, exc.code
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return logging.getLogger().isEnabledFor(logging.INFO)
+
+
 def configure_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(RedactUnparsableRequests())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import hmac
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,7 +64,8 @@ def key_of(event: IncomingEvent) -> Key:
 
 
 def _compare(event: IncomingEvent, event_id: int, received_at: datetime, stored_sha256: bytes) -> StoreResult:
-    same = stored_sha256 == event.body_sha256
+    # Constant time, as every comparison of digests and signatures in the service.
+    same = hmac.compare_digest(stored_sha256, event.body_sha256)
     return StoreResult(Outcome.DUPLICATE if same else Outcome.CONFLICT, event_id, received_at, stored_sha256)
 
 
