@@ -196,7 +196,6 @@ class Service:
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
-    _serving_before: int = 0
 
     @property
     def base_url(self) -> str:
@@ -215,7 +214,6 @@ class Service:
             **self.env,
         }
         self._log = self.log_path.open("ab")
-        self._serving_before = self.log_path.read_bytes().count(b'"msg":"serving"')
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "codex_ingest", "serve", "--no-migrate"],
             env=env,
@@ -227,9 +225,9 @@ class Service:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"serve exited at start with {self.proc.returncode}; see {self.log_path}")
-            # Every worker says "serving" once its pool is open and it listens;
-            # until then /readyz may come from the first one alone.
-            if self.log_path.read_bytes().count(b'"msg":"serving"') >= self._serving_before + self.workers:
+            # Each worker listens (its own SO_REUSEPORT socket) only once its pool
+            # is open; until all do, /readyz may come from the first one alone.
+            if _listeners(self.port) >= self.workers:
                 try:
                     with urllib.request.urlopen(f"{self.base_url}/readyz", timeout=1) as resp:
                         if resp.status == 200:
@@ -303,3 +301,18 @@ def _live_in_group(pgid: int) -> list[int]:
         if int(pgrp) == pgid and state != "Z":
             pids.append(int(entry.name))
     return pids
+
+
+def _listeners(port: int) -> int:
+    """Sockets listening on a TCP port, from /proc/net/tcp and tcp6."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                count += 1
+    return count

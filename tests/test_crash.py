@@ -96,7 +96,7 @@ async def test_database_killed_mid_load_loses_and_doubles_nothing_and_recovers(
 ) -> None:
     service = make_service(crash_db, 2)
     await asyncio.to_thread(service.start)
-    load = SignedLoad(service.base_url + INGEST, secret=SECRET, concurrency=16, pause=0.01, timeout=30)
+    load = SignedLoad(service.base_url + INGEST, secret=SECRET, concurrency=8, timeout=30)
     stop = asyncio.Event()
     sender = asyncio.create_task(load.run(stop))
     loop = asyncio.get_running_loop()
