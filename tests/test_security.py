@@ -161,14 +161,17 @@ _SENSITIVE = re.compile(r"secret|signature|digest|sha256|hmac|mac\b|token|passwo
 
 
 def _names(node: ast.AST) -> set[str]:
-    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} | {
-        n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)
-    }
+    """Names whose values an operand compares; a length, and UPPER_CASE constants, are public."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "len":
+        return set()
+    names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+    names |= {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)}
+    return {name for name in names if not name.lstrip("_").isupper()}
 
 
 def test_no_secret_signature_or_digest_is_compared_with_equality_operators() -> None:
     offenders = []
-    for path in sorted(PACKAGE.glob("*.py")):
+    for path in sorted(PACKAGE.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if not isinstance(node, ast.Compare):
                 continue
@@ -176,7 +179,7 @@ def test_no_secret_signature_or_digest_is_compared_with_equality_operators() -> 
                 continue
             operands = [node.left, *node.comparators]
             if any(_SENSITIVE.search(name) for operand in operands for name in _names(operand)):
-                offenders.append(f"{path.name}:{node.lineno}: {ast.unparse(node)}")
+                offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {ast.unparse(node)}")
     assert not offenders, "use hmac.compare_digest:\n" + "\n".join(offenders)
 
 
