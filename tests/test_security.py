@@ -7,6 +7,7 @@ import asyncio
 import base64
 import re
 import socket
+import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator
@@ -71,15 +72,26 @@ async def test_no_secret_password_signature_or_body_ever_reaches_the_logs_even_a
 ) -> None:
     secret = f"whsec-{uuid.uuid4().hex}"
     password = f"pw-{uuid.uuid4().hex}"
+    # Providers' secrets from a sources file: from the environment and literal.
+    provider_secrets = {name: f"{name}-{uuid.uuid4().hex}" for name in ("shop", "clover", "kiosk")}
+    provider_secrets["stripe"] = f"whsec_{uuid.uuid4().hex}"
+    sources = tmp_path / "sources.toml"
+    stripe_secret, kiosk_secret = provider_secrets["stripe"], provider_secrets["kiosk"]
+    sources.write_text(
+        '[sources.shopify]\nscheme = "shopify"\nsecrets = ["env:SHOP_SECRET"]\n'
+        '[sources.clover]\nscheme = "clover"\nsecrets = ["env:CLOVER_CODE"]\n'
+        f'[sources.stripe]\nscheme = "stripe"\nsecrets = ["{stripe_secret}"]\n'
+        f'[sources.kiosk]\nscheme = "hmac-sha256"\nsecrets = ["{kiosk_secret}"]\n'
+    )
     url = own_server.url("postgres")
     migrations.apply_all(url)
     marker = uuid.uuid4().hex  # in every body sent; must never be logged
     service = Service(
         with_password(url, password), free_port(), secret, tmp_path / "serve.log", workers=2,
-        env={"LOG_LEVEL": "DEBUG", "ACCESS_LOG": "on", "MAX_BODY_BYTES": "4096",
+        env={"LOG_LEVEL": "DEBUG", "ACCESS_LOG": "on", "MAX_BODY_BYTES": "4096", "CODEX_SOURCES": str(sources),
+             "SHOP_SECRET": provider_secrets["shop"], "CLOVER_CODE": provider_secrets["clover"],
              "DB_CONNECT_TIMEOUT": "1", "DB_COMMAND_TIMEOUT": "2", "DB_WRITE_TIMEOUT": "3"},
     )
-    ingest = f"{service.base_url}/pos/square/ingest"
     signatures: list[str] = []
     statuses: list[int] = []
 
@@ -92,7 +104,10 @@ async def test_no_secret_password_signature_or_body_ever_reaches_the_logs_even_a
         return {"Content-Type": "application/json", "X-Tenant-Id": "t-1", "X-Signature": signature, **extra}
 
     async def post(session: aiohttp.ClientSession, data: bytes, hdrs: dict[str, str]) -> None:
-        async with session.post(ingest, data=data, headers=hdrs) as resp:
+        await post_to(session, "square", data, hdrs)
+
+    async def post_to(session: aiohttp.ClientSession, source: str, data: bytes, hdrs: dict[str, str]) -> None:
+        async with session.post(f"{service.base_url}/pos/{source}/ingest", data=data, headers=hdrs) as resp:
             await resp.read()
             statuses.append(resp.status)
 
@@ -112,6 +127,17 @@ async def test_no_secret_password_signature_or_body_ever_reaches_the_logs_even_a
             large = body("x" * 5000)
             await post(session, large, signed(large))                                           # 413
             await post(session, body(8), {**signed(body(8)), "Content-Type": "text/plain"})     # 415
+            # Declared sources: a good one, and a wrong signature in each scheme's own header.
+            kiosk = body("kiosk")
+            await post_to(session, "kiosk", kiosk, signed(kiosk, key=provider_secrets["kiosk"]))        # 201
+            for source, header, value in [
+                ("kiosk", "X-Signature", sign(body(11), "wrong")),
+                ("shopify", "X-Shopify-Hmac-Sha256", "bm90LXRoZS1obWFj"),
+                ("stripe", "Stripe-Signature", f"t={int(time.time())},v1={'0' * 64}"),
+                ("clover", "X-Clover-Auth", "not-the-code"),
+            ]:
+                await post_to(session, source, body(11), {"Content-Type": "application/json",
+                                                          "X-Tenant-Id": "t-1", header: value})  # 401 x 4
             answer = raw_http(service.port, f"POST /pos/square/ingest HTTP/1.1\r\nHost: x\r\nX-Bad\x01: {marker}\r\n"
                               f"Transfer-Encoding: chunked\r\n\r\nzz\r\n{marker}\r\n".encode())
             assert answer.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request"), answer[:80]
@@ -130,7 +156,7 @@ async def test_no_secret_password_signature_or_body_ever_reaches_the_logs_even_a
         assert await asyncio.to_thread(service.terminate) == 0
     finally:
         service.cleanup()
-    assert statuses == [201, 200, 422, 401, 401, 401, 400, 400, 413, 415, 503, 503, 201]
+    assert statuses == [201, 200, 422, 401, 401, 401, 400, 400, 413, 415, 201, 401, 401, 401, 401, 503, 503, 201]
 
     # Start-up failures print what they say before the service runs: the secret and the
     # password are in their input too.
@@ -147,7 +173,7 @@ async def test_no_secret_password_signature_or_body_ever_reaches_the_logs_even_a
 
     log = service.log_path.read_text() + "".join(f.stdout + f.stderr for f in failures)
     assert '"msg":"request"' in log and '"status":503' in log  # DEBUG and access lines were written
-    for form in [*secret_forms(secret), *secret_forms(password)]:
+    for form in [f for s in (secret, password, *provider_secrets.values()) for f in secret_forms(s)]:
         assert form not in log, f"a form of a secret is in the logs: {form}"
     assert marker not in log, "a request body (or a header) reached the logs"
     for signature in signatures:
