@@ -227,7 +227,7 @@ class Service:
                 raise RuntimeError(f"serve exited at start with {self.proc.returncode}; see {self.log_path}")
             # Each worker listens (its own SO_REUSEPORT socket) only once its pool
             # is open; until all do, /readyz may come from the first one alone.
-            if _listeners(self.port) >= self.workers:
+            if listeners(self.port) >= self.workers:
                 try:
                     with urllib.request.urlopen(f"{self.base_url}/readyz", timeout=1) as resp:
                         if resp.status == 200:
@@ -303,7 +303,7 @@ def _live_in_group(pgid: int) -> list[int]:
     return pids
 
 
-def _listeners(port: int) -> int:
+def listeners(port: int) -> int:
     """Sockets listening on a TCP port, from /proc/net/tcp and tcp6."""
     count = 0
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):

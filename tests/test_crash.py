@@ -110,6 +110,7 @@ async def test_database_killed_mid_load_loses_and_doubles_nothing_and_recovers(
         up = loop.time()
         await until(lambda: any(a.acknowledged and a.sent >= starting for a in load.answers), "recovery", 20)
         recovered = max(0.0, min(a.answered for a in load.answers if a.acknowledged and a.sent >= starting) - up)
+        await asyncio.sleep(0.5)  # load on both workers after the recovery
     finally:
         stop.set()
         await sender

@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bench.faults import Service, SignedLoad, status_counts, stored_copies, verdict
+from bench.faults import Service, SignedLoad, listeners, status_counts, stored_copies, verdict
 from codex_ingest.app import create_app
 from codex_ingest.server import make_runner
 from codex_ingest.settings import Settings
@@ -86,7 +86,8 @@ async def test_sigterm_waits_for_a_write_in_flight_answers_it_and_refuses_new_co
         in_flight = asyncio.create_task(load.send(session, 0))
         await until_waiting(database_url)
         stopping = asyncio.create_task(asyncio.to_thread(service.terminate))
-        await asyncio.sleep(1.5)
+        await until_async(lambda: listeners(service.port) == 0, "the listening sockets to close")
+        await asyncio.sleep(0.5)
         assert not stopping.done() and not in_flight.done()  # shutdown waits for the write
         async with load.session() as fresh:
             refused = await load.send(fresh, 1)
@@ -96,6 +97,16 @@ async def test_sigterm_waits_for_a_write_in_flight_answers_it_and_refuses_new_co
     assert answer.status == 201
     assert await stopping == 0
     assert await stored_copies(database_url, load.tenant) == {load.key(0): 1}
+
+
+async def until_async(condition, what: str, timeout: float = 30.0) -> None:
+    """until() for a condition that reads files: checked in a thread."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await asyncio.to_thread(condition):
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
 
 
 async def test_sigterm_past_the_grace_cancels_the_write_and_never_acknowledges_it(
