@@ -39,11 +39,12 @@ class JsonFormatter(logging.Formatter):
 
 
 class RedactUnparsableRequests(logging.Filter):
-    """aiohttp logs a request it cannot parse at ERROR with the parser's
-    message, which quotes the offending bytes: a header line (a signature,
-    say) or a piece of a chunked body. Keep the error's class and status,
-    drop the bytes and the traceback; and since the fault is the client's,
-    log it at INFO, so clients cannot fill the error log."""
+    """A backstop for connection.GuardedRequestHandler, which answers and
+    logs unparsable requests without client data: any aiohttp parser error
+    that still reaches a log line (aiohttp logs them at ERROR with the
+    parser's message, which quotes the offending bytes: a header line, a
+    signature, a piece of a chunked body) keeps only its class and status,
+    and goes out at INFO, so clients cannot fill the error log."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None

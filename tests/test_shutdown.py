@@ -21,6 +21,7 @@ from aiohttp import web
 
 from bench.faults import Service, SignedLoad, listeners, status_counts, stored_copies, verdict
 from codex_ingest.app import create_app
+from codex_ingest.connection import ServiceRunner
 from codex_ingest.server import make_runner
 from codex_ingest.settings import Settings
 from tests.faults import key_held, until, until_waiting, writes_waiting
@@ -145,7 +146,7 @@ async def test_a_client_that_disconnects_mid_write_has_its_event_stored_once(
     # As served: make_runner, exactly as `serve` builds it (handler_cancellation off).
     # handler_cancellation on (aiohttp's test server, or someone turning it on): the
     # handler is cancelled on disconnect, and the writers' shielding must still finish the write.
-    runner = web.AppRunner(app, handler_cancellation=True) if cancellation else make_runner(app, settings)
+    runner = ServiceRunner(app, handler_cancellation=True) if cancellation else make_runner(app, settings)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
