@@ -92,7 +92,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
             store,
             max_rows=settings.batch_max_rows,
             max_delay=settings.batch_max_delay_ms / 1000,
-            max_concurrent=settings.db_pool_max,
+            max_concurrent=settings.batch_max_in_flight,
             retry_after=settings.retry_after_seconds,
             timeout=settings.db_write_timeout,
         )

@@ -44,6 +44,7 @@ class Settings:
     batching: bool = True
     batch_max_rows: int = 256
     batch_max_delay_ms: float = 0.0
+    batch_max_in_flight: int = 2
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     sources: Path | None = None
     # The parsed sources file (holds resolved secrets); None: no sources file.
@@ -190,7 +191,9 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option("batch_max_rows", "BATCH_MAX_ROWS", _positive_int,
            "most events in one batch (default 256)", "N"),
     Option("batch_max_delay_ms", "BATCH_MAX_DELAY_MS", _non_negative_float,
-           "longest wait for a batch to fill, in ms; 0: write as soon as a connection is free (default 0)", "MS"),
+           "longest wait for a batch to fill, in ms; 0: write as soon as a batch slot is free (default 0)", "MS"),
+    Option("batch_max_in_flight", "BATCH_MAX_IN_FLIGHT", _positive_int,
+           "batches one worker writes at once, each on its own connection (default 2)", "N"),
     Option("workers", "WORKERS", _positive_int,
            "server processes sharing the port (default: the number of CPU cores)", "N"),
     Option("sources", "CODEX_SOURCES", _path,

@@ -22,15 +22,23 @@ def event(key: str, body: bytes, *, tenant: str = "t1", content_type: str | None
 
 
 class RecordingStore(EventStore):
-    """The real store, noting the size of every batch it writes."""
+    """The real store, noting the size of every batch it writes and the
+    most batches it was writing at once."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.batch_sizes: list[int] = []
+        self.writing = 0
+        self.most_writing = 0
 
     async def store_batch(self, events):
         self.batch_sizes.append(len(events))
-        return await super().store_batch(events)
+        self.writing += 1
+        self.most_writing = max(self.most_writing, self.writing)
+        try:
+            return await super().store_batch(events)
+        finally:
+            self.writing -= 1
 
 
 @pytest.fixture
@@ -173,3 +181,16 @@ async def test_shutdown_waits_for_a_batch_in_flight(store, db, database_url: str
     finally:
         await blocker.close()
     assert answer.result().outcome is Outcome.DUPLICATE
+
+
+@pytest.mark.parametrize("in_flight", [1, 3])
+async def test_batches_in_flight_never_exceed_the_limit(store, db, in_flight: int) -> None:
+    # BATCH_MAX_IN_FLIGHT: however many requests arrive at once, at most that
+    # many batches are written at a time, and every event still gets stored.
+    writer = BatchWriter(store, max_rows=8, max_delay=0, max_concurrent=in_flight, retry_after=3)
+    results = await asyncio.gather(*(writer.submit(event(f"n{i}", b"{}")) for i in range(200)))
+    await writer.close()
+    assert all(r.outcome is Outcome.ACCEPTED for r in results)
+    assert await count(db) == 200
+    assert store.most_writing == in_flight
+    assert len(store.batch_sizes) >= 200 // 8
