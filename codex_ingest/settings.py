@@ -32,7 +32,7 @@ class Settings:
     data_dir: Path = Path(".codex-ingest/pgdata")
     migrate: bool = True
     db_pool_min: int = 2
-    db_pool_max: int = 16
+    db_pool_max: int = 8
     db_connect_timeout: float = 5.0
     db_command_timeout: float = 5.0
     db_write_timeout: float = 10.0
@@ -43,7 +43,7 @@ class Settings:
     metrics_remote_label: bool = False
     batching: bool = True
     batch_max_rows: int = 256
-    batch_max_delay_ms: float = 0.0
+    batch_max_delay_ms: float = 1.0
     batch_max_in_flight: int = 2
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     sources: Path | None = None
@@ -170,7 +170,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option("db_pool_min", "DB_POOL_MIN", _non_negative_int,
            "connections the pool keeps open (default 2)", "N"),
     Option("db_pool_max", "DB_POOL_MAX", _positive_int,
-           "most connections the pool opens (default 16)", "N"),
+           "most connections the pool opens (default 8)", "N"),
     Option("db_connect_timeout", "DB_CONNECT_TIMEOUT", _positive_float,
            "seconds to wait for a connection before answering 503 (default 5)", "SECONDS"),
     Option("db_command_timeout", "DB_COMMAND_TIMEOUT", _positive_float,
@@ -191,7 +191,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option("batch_max_rows", "BATCH_MAX_ROWS", _positive_int,
            "most events in one batch (default 256)", "N"),
     Option("batch_max_delay_ms", "BATCH_MAX_DELAY_MS", _non_negative_float,
-           "longest wait for a batch to fill, in ms; 0: write as soon as a batch slot is free (default 0)", "MS"),
+           "longest wait for a batch to fill, in ms; 0: write as soon as a batch slot is free (default 1)", "MS"),
     Option("batch_max_in_flight", "BATCH_MAX_IN_FLIGHT", _positive_int,
            "batches one worker writes at once, each on its own connection (default 2)", "N"),
     Option("workers", "WORKERS", _positive_int,
