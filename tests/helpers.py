@@ -7,6 +7,8 @@ import hmac
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+
 PAYLOADS = Path(__file__).resolve().parent.parent / "bench" / "payloads"
 SECRET = "test-secret-\u00e9-rotate-me"
 
@@ -30,3 +32,17 @@ def headers(body: bytes, tenant: str | None = "tenant-1", **extra: str) -> dict[
         out["X-Tenant-Id"] = tenant
     out.update(extra)
     return out
+
+
+async def stored(db: asyncpg.Connection) -> list[asyncpg.Record]:
+    return await db.fetch("SELECT * FROM events ORDER BY id")
+
+
+async def assert_error(resp, status: int, code: str) -> dict:
+    """The answer is our JSON error shape with this status and code."""
+    assert resp.status == status, await resp.text()
+    assert resp.content_type == "application/json"
+    doc = await resp.json()
+    assert doc["error"] == code
+    assert doc["detail"]
+    return doc

@@ -11,7 +11,6 @@ import hashlib
 import hmac
 from pathlib import Path
 
-import asyncpg
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -50,17 +49,6 @@ def toast_signature(secret: str, body: bytes) -> str:
     return b64_hmac(secret, body, timestamp.encode())
 
 
-async def stored(db: asyncpg.Connection) -> list[asyncpg.Record]:
-    return await db.fetch("SELECT * FROM events ORDER BY id")
-
-
-async def assert_error(resp, status: int, code: str) -> dict:
-    assert resp.status == status, await resp.text()
-    assert resp.content_type == "application/json"
-    doc = await resp.json()
-    assert doc["error"] == code
-    assert doc["detail"]
-    return doc
 
 
 async def events_total(client, source: str) -> dict[str, float]:

@@ -4,28 +4,14 @@ from __future__ import annotations
 
 import hashlib
 
-import asyncpg
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.helpers import PROVIDER_PAYLOADS, headers, payload, sign
+from tests.helpers import PROVIDER_PAYLOADS, assert_error, headers, payload, sign, stored
 
 URL = "/pos/square/ingest"
 BODY = b'{"type":"payment.updated","amount":2450}'
-
-
-async def stored(db: asyncpg.Connection) -> list[asyncpg.Record]:
-    return await db.fetch("SELECT * FROM events ORDER BY id")
-
-
-async def assert_error(resp, status: int, code: str) -> dict:
-    assert resp.status == status, await resp.text()
-    assert resp.content_type == "application/json"
-    doc = await resp.json()
-    assert doc["error"] == code
-    assert doc["detail"]
-    return doc
 
 
 # --- accepted, duplicate, conflict -------------------------------------------------

@@ -7,7 +7,8 @@ import logging
 import orjson
 import pytest
 
-from tests.provider_helpers import assert_error, events_total, payload, stored
+from tests.helpers import assert_error, stored
+from tests.provider_helpers import events_total, payload
 
 URL = "/pos/clover/ingest"
 TOML = """

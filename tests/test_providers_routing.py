@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import hashlib
 
-from tests.helpers import SECRET, headers, sign
-from tests.provider_helpers import assert_error, events_total, payload, shopify_signature, stored
+from tests.helpers import SECRET, assert_error, headers, sign, stored
+from tests.provider_helpers import events_total, payload, shopify_signature
 
 SHOPIFY = """
 [sources.shopify]

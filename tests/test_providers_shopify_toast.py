@@ -13,14 +13,8 @@ from datetime import datetime
 import orjson
 import pytest
 
-from tests.provider_helpers import (
-    FakeClock,
-    assert_error,
-    payload,
-    shopify_signature,
-    stored,
-    toast_signature,
-)
+from tests.helpers import assert_error, stored
+from tests.provider_helpers import FakeClock, payload, shopify_signature, toast_signature
 
 # --- shopify -----------------------------------------------------------------------
 

@@ -11,7 +11,8 @@ import orjson
 import pytest
 from square.utils.webhooks_helper import verify_signature
 
-from tests.provider_helpers import assert_error, events_total, payload, square_signature, stored
+from tests.helpers import assert_error, stored
+from tests.provider_helpers import events_total, payload, square_signature
 
 URL = "/pos/square/ingest"
 NOTIFICATION_URL = "https://ingest.example.com/pos/square/ingest"

@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from tests.provider_helpers import FakeClock, assert_error, payload, stored
+from tests.helpers import assert_error, stored
+from tests.provider_helpers import FakeClock, payload
 
 URL = "/pos/billing/ingest?tenant=shop-7"
 SECRET_NEW = "whsec_" + base64.b64encode(b"standard-webhooks-key-new-32byte").decode()

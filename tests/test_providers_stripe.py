@@ -9,7 +9,8 @@ import orjson
 import pytest
 from stripe import WebhookSignature
 
-from tests.provider_helpers import FakeClock, assert_error, events_total, payload, stored
+from tests.helpers import assert_error, stored
+from tests.provider_helpers import FakeClock, events_total, payload
 
 URL = "/pos/stripe/ingest"
 SECRET_NEW = "whsec_test_new_9f8e7d6c5b4a"
