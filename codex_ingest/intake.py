@@ -99,8 +99,15 @@ async def read_body(request: web.Request, max_bytes: int, timeout: float | None 
     try:
         # client_max_size on the Application enforces the same limit while
         # reading, which also covers chunked bodies with no Content-Length.
-        if timeout is None or request.content.is_eof():
+        content = request.content
+        if content.is_eof():
             # Usually the whole body came with the headers: no timer needed.
+            if declared is not None:
+                # Its size is known and within the limit: take the buffered
+                # bytes as they are, without request.read()'s copying loop.
+                return content.read_nowait()
+            return await request.read()
+        if timeout is None:
             return await request.read()
         async with asyncio.timeout(timeout):
             return await request.read()
