@@ -18,6 +18,7 @@ CPU time (user + system) the service's worker processes spent per answered
 request: unlike rps it hardly moves when something else shares the
 machine, so it is the figure to compare profiles and settings by.
 --set NAME=VALUE passes a setting to the service (e.g. --set DB_POOL_MAX=4).
+Every measurement, pgbench's included, starts right after a CHECKPOINT.
 """
 
 from __future__ import annotations
@@ -81,6 +82,17 @@ def pgbench_tps(server, clients: int, seconds: int) -> float:
     if match is None:
         raise RuntimeError(f"cannot read pgbench's tps from: {result.stdout}")
     return float(match.group(1))
+
+
+async def checkpoint(url: str) -> None:
+    """Flush PostgreSQL's dirty pages now. Every measurement starts right
+    after one, so a timed checkpoint (every 5 minutes by default) and its
+    fsyncs land inside no point rather than inside some."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
 
 
 async def count_rows(url: str, tenant: str) -> int:
@@ -233,6 +245,7 @@ def run_point(url, port, workers, batching, connections, seconds, duplicates, us
     unique = max(1, int(total * (1 - duplicates)))
     _, plan = build_plan(total=total, unique=unique, tenant=tenant, secret=SECRET)
     pids = worker_pids(proc, workers)
+    asyncio.run(checkpoint(url))
     cpu_before = cpu_seconds(pids)
     if use_wrk:
         measured = drive_with_wrk(port, plan, tenant, connections, seconds, workdir)
@@ -290,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         for run in range(1, args.repeat + 1):
             ceilings = {}
             for clients in sorted({min(c, args.max_pgbench_clients) for c in connections}):
+                asyncio.run(checkpoint(url))
                 ceilings[clients] = pgbench_tps(server, clients, args.duration)
                 log(f"run {run}: pgbench, {clients} clients: {ceilings[clients]:,.0f} tps")
             for workers in workers_list:
