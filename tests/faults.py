@@ -1,16 +1,40 @@
-"""Helpers of the fault tests: hold an event's key, and wait for things."""
+"""Helpers of the fault tests: start services, hold an event's key, and wait for things."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 
 import asyncpg
 
-from bench.faults import SOURCE, SignedLoad, status_counts, stored_copies
+from bench.faults import SOURCE, Service, SignedLoad, status_counts, stored_copies
 from codex_ingest.queries import load_queries
+from tests.helpers import SECRET
+from tests.test_cli import free_port
+
+
+@contextmanager
+def service_factory(log_dir: Path, **base_env: str) -> Iterator[Callable[..., Service]]:
+    """Makes ``codex-ingest serve`` subprocesses (bench/faults.Service) on free
+    ports, each logging to a file of its own; all are cleaned up on exit."""
+    services: list[Service] = []
+
+    def make(database_url: str, workers: int, **env: str) -> Service:
+        service = Service(
+            database_url, free_port(), SECRET, log_dir / f"serve-{len(services)}.log", workers=workers,
+            env={"DB_POOL_MAX": "4", **base_env, **env},
+        )
+        services.append(service)
+        return service
+
+    try:
+        yield make
+    finally:
+        for service in services:
+            service.cleanup()
 
 
 @asynccontextmanager

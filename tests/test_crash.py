@@ -18,9 +18,8 @@ import pytest
 from bench.faults import Service, SignedLoad, status_counts, stored_copies, verdict
 from codex_ingest import migrations
 from tests import pg
-from tests.faults import resend_settles, until
+from tests.faults import resend_settles, service_factory, until
 from tests.helpers import SECRET
-from tests.test_cli import free_port
 from tests.test_unavailable import RECOVERY_BOUND
 
 INGEST = "/pos/chaos/ingest"
@@ -48,19 +47,8 @@ def crash_db(crash_server: pg.EmbeddedServer) -> Iterator[str]:
 
 @pytest.fixture
 def make_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
-    services: list[Service] = []
-
-    def make(database_url: str, workers: int, **env: str) -> Service:
-        service = Service(
-            database_url, free_port(), SECRET, tmp_path / "serve.log", workers=workers,
-            env={**FAST_FAILURE, "DB_POOL_MAX": "4", **env},
-        )
-        services.append(service)
-        return service
-
-    yield make
-    for service in services:
-        service.cleanup()
+    with service_factory(tmp_path, **FAST_FAILURE) as make:
+        yield make
 
 
 @pytest.mark.parametrize("workers", [1, 2])

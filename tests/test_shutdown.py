@@ -11,6 +11,7 @@ and the resend is answered 200 with its id.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,28 +25,16 @@ from codex_ingest.app import create_app
 from codex_ingest.connection import ServiceRunner
 from codex_ingest.server import make_runner
 from codex_ingest.settings import Settings
-from tests.faults import key_held, until, until_waiting, writes_waiting
+from tests.faults import key_held, service_factory, until, until_waiting, writes_waiting
 from tests.helpers import SECRET
-from tests.test_cli import free_port
 
 INGEST = "/pos/chaos/ingest"
 
 
 @pytest.fixture
 def make_service(tmp_path: Path, database_url: str) -> Iterator[Callable[..., Service]]:
-    services: list[Service] = []
-
-    def make(workers: int, **env: str) -> Service:
-        service = Service(
-            database_url, free_port(), SECRET, tmp_path / f"serve-{len(services)}.log", workers=workers,
-            env={"DB_POOL_MAX": "4", "LOG_LEVEL": "INFO", **env},
-        )
-        services.append(service)
-        return service
-
-    yield make
-    for service in services:
-        service.cleanup()
+    with service_factory(tmp_path, LOG_LEVEL="INFO") as make:
+        yield functools.partial(make, database_url)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
