@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from typing import Any
 import orjson
 
 from bench.faults import Service, SignedLoad, status_counts, stored_copies, verdict
+from bench.local import free_port
 from codex_ingest import migrations
 
 SECRET = "chaos-secret"
@@ -68,10 +68,6 @@ class Postgres:
         self.server.cleanup()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def kill_service(service: Service) -> dict[str, Any]:

@@ -13,17 +13,17 @@ point: {runner, keepalive, rps, cpu_us_per_request}. Needs wrk.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
 import orjson
+
+from bench.local import cpu_seconds, free_port
 
 
 def serve(runner_name: str, port: int) -> None:
@@ -52,15 +52,8 @@ def serve(runner_name: str, port: int) -> None:
     uvloop.run(main())
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def point(runner_name: str, keepalive: bool, duration: int, connections: int) -> dict[str, object]:
@@ -73,12 +66,12 @@ def point(runner_name: str, keepalive: bool, duration: int, connections: int) ->
                 break
             except OSError:
                 time.sleep(0.1)
-        before = cpu_seconds(proc.pid)
+        before = cpu_seconds([proc.pid])
         args = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", f"http://127.0.0.1:{port}/x"]
         if not keepalive:
             args[1:1] = ["-H", "Connection: close"]
         out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
-        used = cpu_seconds(proc.pid) - before
+        used = cpu_seconds([proc.pid]) - before
         requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
         return {
             "runner": runner_name,

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import orjson
 
+from bench.local import cpu_seconds, free_port
 from bench.plan import build_plan
-from bench.throughput import SECRET, cpu_seconds, drive_with_wrk, free_port, log
+from bench.throughput import SECRET, drive_with_wrk, log
 
 _ACCEPTED = b'{"status":"accepted","event_id":1}'
 

@@ -29,7 +29,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from pathlib import Path
 import asyncpg
 import orjson
 
+from bench.local import cpu_seconds, free_port
 from bench.plan import build_plan
 from codex_ingest import migrations
 
@@ -106,10 +106,6 @@ async def count_rows(url: str, tenant: str) -> int:
 # -- service --------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_service(url: str, port: int, workers: int, batching: bool, extra_env: dict[str, str]) -> subprocess.Popen:
@@ -149,13 +145,6 @@ def worker_pids(proc: subprocess.Popen, workers: int) -> list[int]:
     return [int(p) for p in children if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()]
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time the processes have used so far."""
-    ticks = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def worker_rss_mb(proc: subprocess.Popen, workers: int) -> float:

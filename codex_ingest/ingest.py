@@ -7,12 +7,13 @@ import time
 from aiohttp import web
 
 from codex_ingest.errors import IdempotencyKeyReused, IngestError
-from codex_ingest.intake import check_source, read_event, resolve_tenant
+from codex_ingest.intake import read_event
 from codex_ingest.keys import METRICS, RATE_LIMITER, SETTINGS, VERIFIER, WRITER
 from codex_ingest.responses import json_response
-from codex_ingest.store import Outcome
+from codex_ingest.store import Outcome, StoreResult
 
-_REPLAYED = {"Idempotent-Replayed": "true"}
+# Marks an answer that replays an event stored before.
+REPLAYED = {"Idempotent-Replayed": "true"}
 
 
 async def ingest(request: web.Request) -> web.Response:
@@ -21,11 +22,10 @@ async def ingest(request: web.Request) -> web.Response:
     started = time.perf_counter()
     source = request.match_info["source"]
     try:
-        limiter = app.get(RATE_LIMITER)
-        if limiter is not None:  # before the body is read: a refused request costs no read
-            limiter.check(resolve_tenant(request), check_source(source))
         settings = app[SETTINGS]
-        event = await read_event(request, app[VERIFIER], settings.max_body_bytes, settings.body_read_timeout)
+        event = await read_event(
+            request, app[VERIFIER], settings.max_body_bytes, settings.body_read_timeout, app.get(RATE_LIMITER)
+        )
         result = await app[WRITER].submit(event)
         if result.outcome is Outcome.CONFLICT:
             raise IdempotencyKeyReused()
@@ -33,6 +33,11 @@ async def ingest(request: web.Request) -> web.Response:
         metrics.record(source, exc.outcome, time.perf_counter() - started)
         raise
     metrics.record(source, result.outcome.value, time.perf_counter() - started)
+    return answer(result)
+
+
+def answer(result: StoreResult) -> web.Response:
+    """201 for an event stored now; 200 with the original's id and time for a duplicate."""
     if result.outcome is Outcome.ACCEPTED:
         return json_response({"status": "accepted", "event_id": result.event_id}, status=201)
     return json_response(
@@ -42,5 +47,5 @@ async def ingest(request: web.Request) -> web.Response:
             "received_at": result.received_at.isoformat(),
         },
         status=200,
-        headers=_REPLAYED,
+        headers=REPLAYED,
     )

@@ -23,6 +23,7 @@ from codex_ingest.errors import (
     UnsupportedContentEncoding,
     UnsupportedMediaType,
 )
+from codex_ingest.ratelimit import RateLimiter
 from codex_ingest.signatures import HmacSha256Verifier
 
 SOURCE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -48,14 +49,20 @@ def check_source(source: str) -> str:
     return source
 
 
-def resolve_tenant(request: web.Request) -> str:
+def requested_tenant(request: web.Request) -> str | None:
+    """X-Tenant-Id, else ?tenant=, validated; None when neither is sent."""
     tenant = request.headers.get("X-Tenant-Id")
     if tenant is None:
         tenant = request.query.get("tenant")
+    if tenant is not None and TENANT_PATTERN.fullmatch(tenant) is None:
+        raise InvalidTenant()
+    return tenant
+
+
+def resolve_tenant(request: web.Request) -> str:
+    tenant = requested_tenant(request)
     if tenant is None:
         raise InvalidTenant("X-Tenant-Id header (or ?tenant=) is required")
-    if TENANT_PATTERN.fullmatch(tenant) is None:
-        raise InvalidTenant()
     return tenant
 
 
@@ -128,10 +135,16 @@ def check_json(body: bytes) -> None:
 
 
 async def read_event(
-    request: web.Request, verifier: HmacSha256Verifier, max_body_bytes: int, body_timeout: float | None = None
+    request: web.Request,
+    verifier: HmacSha256Verifier,
+    max_body_bytes: int,
+    body_timeout: float | None = None,
+    limiter: RateLimiter | None = None,
 ) -> IncomingEvent:
     source = check_source(request.match_info["source"])
     tenant = resolve_tenant(request)
+    if limiter is not None:  # before the body is read: a refused request costs no read
+        limiter.check(tenant, source)
     content_type = check_content_type(request)
     check_content_encoding(request)
     client_key = check_idempotency_key(request.headers.get("Idempotency-Key"))

@@ -21,8 +21,14 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from codex_ingest.errors import DatabaseUnavailable, IdempotencyKeyReused, IngestError, InvalidTenant, UnknownSource
-from codex_ingest.ingest import ingest
-from codex_ingest.intake import TENANT_PATTERN, IncomingEvent, check_content_encoding, check_content_type, read_body
+from codex_ingest.ingest import REPLAYED, answer, ingest
+from codex_ingest.intake import (
+    IncomingEvent,
+    check_content_encoding,
+    check_content_type,
+    read_body,
+    requested_tenant,
+)
 from codex_ingest.keys import METRICS, RATE_LIMITER, SETTINGS, SOURCES, WRITER
 from codex_ingest.metrics import OTHER_SOURCE
 from codex_ingest.providers.base import Delivery, Handshake, Scheme
@@ -30,9 +36,6 @@ from codex_ingest.responses import json_response
 from codex_ingest.store import Outcome, StoreResult
 
 log = logging.getLogger("codex_ingest.providers")
-
-_REPLAYED = {"Idempotent-Replayed": "true"}
-
 
 async def route_ingest(request: web.Request) -> web.Response:
     declared = request.app[SOURCES]
@@ -45,16 +48,6 @@ async def route_ingest(request: web.Request) -> web.Response:
         request.app[METRICS].record(OTHER_SOURCE, UnknownSource.outcome, 0.0)
         raise UnknownSource(f"source {source!r} is not declared in the sources file")
     return await ingest(request)
-
-
-def requested_tenant(request: web.Request) -> str | None:
-    """X-Tenant-Id, else ?tenant=, validated; None when neither is sent."""
-    tenant = request.headers.get("X-Tenant-Id")
-    if tenant is None:
-        tenant = request.query.get("tenant")
-    if tenant is not None and TENANT_PATTERN.fullmatch(tenant) is None:
-        raise InvalidTenant()
-    return tenant
 
 
 async def _read(request: web.Request, source: str, scheme: Scheme) -> list[IncomingEvent] | Handshake:
@@ -114,13 +107,7 @@ async def ingest_declared(request: web.Request, source: str, scheme: Scheme) -> 
     if scheme.fan_out:
         return await _store_many(request, source, read, started)
     metrics.record(source, result.outcome.value, time.perf_counter() - started)
-    if result.outcome is Outcome.ACCEPTED:
-        return json_response({"status": "accepted", "event_id": result.event_id}, status=201)
-    return json_response(
-        {"status": "duplicate", "event_id": result.event_id, "received_at": result.received_at.isoformat()},
-        status=200,
-        headers=_REPLAYED,
-    )
+    return answer(result)
 
 
 async def _store_many(request: web.Request, source: str, events: Sequence[IncomingEvent], started: float) -> web.Response:
@@ -172,5 +159,5 @@ async def _store_many(request: web.Request, source: str, events: Sequence[Incomi
     return json_response(
         {"status": answer, "events": listed},
         status=201 if accepted else 200,
-        headers=None if accepted else _REPLAYED,
+        headers=None if accepted else REPLAYED,
     )

@@ -11,9 +11,9 @@ from pathlib import Path
 import asyncpg
 
 from bench.faults import SOURCE, Service, SignedLoad, status_counts, stored_copies
+from bench.local import free_port
 from codex_ingest.queries import load_queries
 from tests.helpers import SECRET
-from tests.test_cli import free_port
 
 
 @contextmanager

@@ -7,17 +7,17 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
+from bench.local import free_port
 from codex_ingest.settings import SERVE_OPTIONS
 from tests.helpers import SECRET
+from tests.test_cli import wait_healthy
 
 BASE_ENV = {k: v for k, v in os.environ.items() if k not in {o.env for o in SERVE_OPTIONS}}
 
@@ -39,10 +39,6 @@ class Live:
             return f.read()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -57,7 +53,7 @@ def serve(database_url: str, **env: str) -> Iterator[Live]:
         stderr=log,
     )
     try:
-        _wait_healthy(port, proc, log.name)
+        wait_healthy(port, proc, output=lambda: Path(log.name).read_text(errors="replace"))
         yield Live("127.0.0.1", port, proc, log.name)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -69,17 +65,3 @@ def serve(database_url: str, **env: str) -> Iterator[Live]:
         log.close()
         os.unlink(log.name)
 
-
-def _wait_healthy(port: int, proc: subprocess.Popen[bytes], log_file: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            with open(log_file, encoding="utf-8", errors="replace") as f:
-                raise AssertionError(f"serve exited early: {f.read()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("serve did not become healthy")

@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from bench.local import free_port
 from codex_ingest.settings import MIGRATE_OPTIONS, SERVE_OPTIONS
 from tests.helpers import SECRET, sign
 
@@ -91,10 +92,6 @@ def test_env_example_lists_every_variable() -> None:
     assert {o.env for o in SERVE_OPTIONS} <= names
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(port: int, body: bytes) -> tuple[int, dict]:
@@ -111,11 +108,14 @@ def post(port: int, body: bytes) -> tuple[int, dict]:
         return err.code, json.loads(err.read())
 
 
-def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 60, output: Callable[[], str] | None = None) -> None:
+    """Until /healthz answers 200; if serve exits first, fail with what it printed
+    (its stderr, or ``output()`` when it writes elsewhere)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"serve exited early: {proc.stderr.read() if proc.stderr else ''}")
+            printed = output() if output is not None else (proc.stderr.read() if proc.stderr else "")
+            raise AssertionError(f"serve exited early: {printed}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
                 if resp.status == 200:

@@ -19,10 +19,11 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from bench.faults import Service
+from bench.local import free_port
 from codex_ingest import migrations
 from tests import pg
 from tests.helpers import headers, sign
-from tests.test_cli import ROOT, free_port, run_cli
+from tests.test_cli import ROOT, run_cli
 
 PACKAGE = ROOT / "codex_ingest"
 

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from bench.local import free_port
 from codex_ingest.settings import SERVE_OPTIONS, ConfigError, load_settings
 from codex_ingest.sources import SourcesError, parse_sources
 from tests.provider_helpers import shopify_signature
-from tests.test_cli import BASE_ENV, free_port, run_cli, stop, wait_healthy
+from tests.test_cli import BASE_ENV, run_cli, stop, wait_healthy
 
 SECRET_VALUE = "hunter2-super-secret"
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.local import free_port
 from tests.helpers import SECRET
-from tests.test_cli import BASE_ENV, free_port, post, wait_healthy
+from tests.test_cli import BASE_ENV, post, wait_healthy
 
 
 def start_workers(database_url: str, port: int, workers: int = 2) -> subprocess.Popen:
