@@ -30,7 +30,7 @@ import orjson
 
 from bench.faults import Service, SignedLoad, status_counts, stored_copies, verdict
 from bench.local import free_port
-from codex_ingest import migrations
+from codex_ingest.storage import migrations
 
 SECRET = "chaos-secret"
 

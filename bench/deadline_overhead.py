@@ -1,4 +1,4 @@
-"""What the connection guard (codex_ingest/connection.py: the request-head
+"""What the connection guard (codex_ingest/web/connection.py: the request-head
 deadline and JSON parse errors) costs per request.
 
     python -m bench.deadline_overhead [--duration 5] [--connections 32]
@@ -32,9 +32,9 @@ def serve(runner_name: str, port: int) -> None:
     import uvloop
     from aiohttp import web
 
-    from codex_ingest import keys
-    from codex_ingest.connection import ServiceRunner
     from codex_ingest.settings import Settings
+    from codex_ingest.web import appkeys as keys
+    from codex_ingest.web.connection import ServiceRunner
 
     async def handler(request: web.Request) -> web.Response:
         await request.read()

@@ -30,7 +30,7 @@ import asyncpg
 import orjson
 
 from bench.plan import load_payloads
-from codex_ingest.queries import load_queries
+from codex_ingest.storage.queries import load_queries
 
 SOURCE = "chaos"
 

@@ -5,7 +5,7 @@
 Runs one trivial handler four ways, in process (no sockets, no database):
 bare; behind aiohttp-prometheus-exporter's own middleware (which the
 service used to run, and which labels the client address); and behind the
-service's codex_ingest.http_metrics middleware, which records the same
+service's codex_ingest.telemetry.http_metrics middleware, which records the same
 series with cached label children, with the client address hidden (the
 default) and labelled (METRICS_REMOTE_LABEL=on). Also reports how many
 series each creates for a given number of distinct client addresses.
@@ -23,7 +23,7 @@ from aiohttp.test_utils import make_mocked_request
 from aiohttp_prometheus_exporter.middleware import prometheus_middleware_factory
 from prometheus_client import CollectorRegistry, generate_latest
 
-from codex_ingest.http_metrics import HttpMetrics
+from codex_ingest.telemetry.http_metrics import HttpMetrics
 
 
 async def ok(request: web.Request) -> web.Response:

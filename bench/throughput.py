@@ -44,7 +44,7 @@ import orjson
 
 from bench.local import cpu_seconds, free_port
 from bench.plan import build_plan
-from codex_ingest import migrations
+from codex_ingest.storage import migrations
 
 HERE = Path(__file__).resolve().parent
 SECRET = "bench-secret"

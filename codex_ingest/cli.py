@@ -14,9 +14,6 @@ from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
 from codex_ingest import __version__
-from codex_ingest.embedded import EmbeddedDatabaseError, start_embedded
-from codex_ingest.logs import configure_logging
-from codex_ingest.queries import load_queries
 from codex_ingest.settings import (
     MIGRATE_OPTIONS,
     SERVE_OPTIONS,
@@ -26,6 +23,9 @@ from codex_ingest.settings import (
     load_settings,
     with_database_url,
 )
+from codex_ingest.storage.embedded import EmbeddedDatabaseError, start_embedded
+from codex_ingest.storage.queries import load_queries
+from codex_ingest.telemetry.logs import configure_logging
 
 log = logging.getLogger("codex_ingest")
 
@@ -110,8 +110,8 @@ def _resolve_database(settings: Settings) -> Settings:
 
 
 def _serve(settings: Settings) -> int:
-    from codex_ingest import migrations
-    from codex_ingest.server import StartupError, run_worker
+    from codex_ingest.storage import migrations
+    from codex_ingest.web.server import StartupError, run_worker
     from codex_ingest.workers import PortInUse, check_port_free, supervise
 
     settings = _resolve_database(settings)
@@ -135,7 +135,7 @@ def _serve(settings: Settings) -> int:
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
-    from codex_ingest import migrations
+    from codex_ingest.storage import migrations
 
     settings = _resolve_database(settings)
     assert settings.database_url is not None

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from codex_ingest.sources import SourcesConfig, SourcesError, load_sources
+from codex_ingest.intake.sources import SourcesConfig, SourcesError, load_sources
 
 
 class ConfigError(Exception):

@@ -52,8 +52,8 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def _worker(settings: Settings, index: int) -> None:
-    from codex_ingest.logs import configure_logging
-    from codex_ingest.server import StartupError, run_worker
+    from codex_ingest.telemetry.logs import configure_logging
+    from codex_ingest.web.server import StartupError, run_worker
 
     configure_logging(settings.log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it sends SIGTERM

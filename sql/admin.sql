@@ -1,4 +1,4 @@
--- Statements for setting up the embedded PostgreSQL (codex_ingest/embedded.py).
+-- Statements for setting up the embedded PostgreSQL (codex_ingest/storage/embedded.py).
 
 -- name: database_exists
 -- True when a database of that name exists.

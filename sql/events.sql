@@ -1,5 +1,5 @@
 -- The write path's statements. Parameters are positional ($n); the Python
--- wrapper that binds them (codex_ingest/store.py) names each one.
+-- wrapper that binds them (codex_ingest/storage/store.py) names each one.
 
 -- name: insert_event
 -- The dedup: stores a new event, or nothing when (tenant_id, source,

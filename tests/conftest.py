@@ -8,10 +8,10 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from codex_ingest import migrations
-from codex_ingest.app import create_app
+from codex_ingest.intake.sources import parse_sources
 from codex_ingest.settings import Settings
-from codex_ingest.sources import parse_sources
+from codex_ingest.storage import migrations
+from codex_ingest.web.app import create_app
 from tests import live as live_service
 from tests import pg
 from tests.helpers import SECRET

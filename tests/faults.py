@@ -12,7 +12,7 @@ import asyncpg
 
 from bench.faults import SOURCE, Service, SignedLoad, status_counts, stored_copies
 from bench.local import free_port
-from codex_ingest.queries import load_queries
+from codex_ingest.storage.queries import load_queries
 from tests.helpers import SECRET
 
 

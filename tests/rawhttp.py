@@ -12,7 +12,7 @@ import orjson
 from aiohttp.test_utils import TestServer
 from aiohttp.web_runner import BaseRunner
 
-from codex_ingest.connection import ServiceRunner
+from codex_ingest.web.connection import ServiceRunner
 from tests.helpers import sign
 
 Header = tuple[str | bytes, str | bytes]

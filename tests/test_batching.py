@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from codex_ingest.batching import BatchWriter
 from codex_ingest.errors import DatabaseUnavailable, EventRejected
-from codex_ingest.intake import IncomingEvent
-from codex_ingest.queries import load_queries
-from codex_ingest.store import EventStore, Outcome
+from codex_ingest.events import IncomingEvent, Outcome
+from codex_ingest.storage.batching import BatchWriter
+from codex_ingest.storage.queries import load_queries
+from codex_ingest.storage.store import EventStore
 
 
 def event(key: str, body: bytes, *, tenant: str = "t1", content_type: str | None = "application/json") -> IncomingEvent:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 import asyncpg
 from aiohttp.test_utils import TestClient
 
-from codex_ingest.queries import load_queries
+from codex_ingest.storage.queries import load_queries
 from tests.helpers import headers, payload
 
 URL = "/pos/square/ingest"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench.faults import Service, SignedLoad, status_counts, stored_copies, verdict
-from codex_ingest import migrations
+from codex_ingest.storage import migrations
 from tests import pg
 from tests.faults import resend_settles, service_factory, until
 from tests.helpers import SECRET

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from codex_ingest.dbpool import StatelessConnection, create_pool
 from codex_ingest.settings import Settings
+from codex_ingest.storage.pool import StatelessConnection, create_pool
 
 
 async def test_connections_commit_synchronously(settings: Settings) -> None:

@@ -20,9 +20,9 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from codex_ingest.app import create_app
+from codex_ingest.intake.sources import parse_sources
 from codex_ingest.settings import Settings
-from codex_ingest.sources import parse_sources
+from codex_ingest.web.app import create_app
 from tests.helpers import SECRET, sign
 from tests.rawhttp import RawResponse, ServiceTestServer, build, chunked, exchange
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import psycopg
 
-from codex_ingest import migrations
 from codex_ingest.cli import main
-from codex_ingest.paths import migrations_dir
+from codex_ingest.storage import migrations
+from codex_ingest.storage.paths import migrations_dir
 
 EXPECTED_COLUMNS = {
     "id": "bigint",

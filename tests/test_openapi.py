@@ -14,12 +14,12 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from codex_ingest.app import create_app
 from codex_ingest.settings import Settings
+from codex_ingest.web.app import create_app
 from tests.helpers import SECRET, sign
 from tests.live import Live
 
-DOCUMENT = json.loads(resources.files("codex_ingest").joinpath("openapi.json").read_text())
+DOCUMENT = json.loads(resources.files("codex_ingest.web").joinpath("openapi.json").read_text())
 schema = schemathesis.openapi.from_dict(DOCUMENT)
 INGEST = ("POST", "/pos/{source}/ingest")
 STATUSES: Counter[int] = Counter()

@@ -8,8 +8,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from codex_ingest import __version__
-from codex_ingest.http_metrics import HttpMetrics
-from codex_ingest.metrics import MAX_SOURCE_LABELS, OTHER_SOURCE, ServiceMetrics
+from codex_ingest.telemetry.http_metrics import HttpMetrics
+from codex_ingest.telemetry.metrics import MAX_SOURCE_LABELS, OTHER_SOURCE, ServiceMetrics
 from tests.helpers import headers, sign
 
 URL = "/pos/square/ingest"

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from codex_ingest.errors import IngestError, InvalidSignature
-from codex_ingest.providers.registry import build_sources
-from codex_ingest.signatures import HmacSha256Verifier
-from codex_ingest.sources import parse_sources
+from codex_ingest.intake.schemes.registry import build_sources
+from codex_ingest.intake.signatures import HmacSha256Verifier
+from codex_ingest.intake.sources import parse_sources
 from tests import test_hostile_input
 from tests.helpers import SECRET, sign
 from tests.live import Live

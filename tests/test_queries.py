@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from codex_ingest.queries import QueryFileError, load_queries, parse_queries
+from codex_ingest.storage.queries import QueryFileError, load_queries, parse_queries
 
 EXPECTED = {"insert_event", "find_event", "ping", "database_exists", "create_service_database"}
 

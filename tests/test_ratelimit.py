@@ -6,10 +6,10 @@ from dataclasses import replace
 
 import pytest
 
-from codex_ingest import keys
-from codex_ingest.app import create_app
 from codex_ingest.errors import RateLimited
-from codex_ingest.ratelimit import RateLimiter
+from codex_ingest.intake.ratelimit import RateLimiter
+from codex_ingest.web import appkeys as keys
+from codex_ingest.web.app import create_app
 from tests.helpers import headers
 
 
@@ -181,7 +181,7 @@ CLOVER = b'{"appId":"A","merchants":{"MID1":[{"objectId":"O:%d","type":"UPDATE",
 async def test_provider_source_limited_by_the_tenant_it_names(aiohttp_client, settings, db) -> None:
     # Clover names the merchant in the body: the bucket is the merchant's,
     # checked after verification and before anything is stored.
-    from codex_ingest.sources import parse_sources
+    from codex_ingest.intake.sources import parse_sources
 
     clock = Clock()
     app = create_app(replace(settings, source_table=parse_sources(CLOVER_TOML, {})))

@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient
 
 from bench.faults import Service
 from bench.local import free_port
-from codex_ingest import migrations
+from codex_ingest.storage import migrations
 from tests import pg
 from tests.helpers import headers, sign
 from tests.test_cli import ROOT, run_cli
@@ -213,8 +213,8 @@ def test_no_secret_signature_or_digest_is_compared_with_equality_operators() -> 
 
 
 def test_signatures_and_stored_digests_are_compared_in_constant_time() -> None:
-    assert "hmac.compare_digest" in (PACKAGE / "signatures.py").read_text()
-    assert "hmac.compare_digest" in (PACKAGE / "store.py").read_text()
+    assert "hmac.compare_digest" in (PACKAGE / "intake" / "signatures.py").read_text()
+    assert "hmac.compare_digest" in (PACKAGE / "storage" / "store.py").read_text()
 
 
 # -- tenant isolation --------------------------------------------------------------------

@@ -21,10 +21,10 @@ import pytest
 from aiohttp import web
 
 from bench.faults import Service, SignedLoad, listeners, status_counts, stored_copies, verdict
-from codex_ingest.app import create_app
-from codex_ingest.connection import ServiceRunner
-from codex_ingest.server import make_runner
 from codex_ingest.settings import Settings
+from codex_ingest.web.app import create_app
+from codex_ingest.web.connection import ServiceRunner
+from codex_ingest.web.server import make_runner
 from tests.faults import key_held, service_factory, until, until_waiting, writes_waiting
 from tests.helpers import SECRET
 

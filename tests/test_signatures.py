@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from codex_ingest.errors import InvalidSignature
-from codex_ingest.signatures import HmacSha256Verifier
+from codex_ingest.intake.signatures import HmacSha256Verifier
 from tests.helpers import SECRET, sign
 
 BODY = b'{"a":1}'

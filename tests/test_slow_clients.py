@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
-from codex_ingest.app import create_app
 from codex_ingest.settings import Settings
+from codex_ingest.web.app import create_app
 from tests.helpers import SECRET, headers
 from tests.live import Live, serve
 from tests.rawhttp import ServiceTestServer, build, exchange, read_response

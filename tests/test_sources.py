@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from bench.local import free_port
+from codex_ingest.intake.sources import SourcesError, parse_sources
 from codex_ingest.settings import SERVE_OPTIONS, ConfigError, load_settings
-from codex_ingest.sources import SourcesError, parse_sources
 from tests.provider_helpers import shopify_signature
 from tests.test_cli import BASE_ENV, run_cli, stop, wait_healthy
 

@@ -11,9 +11,9 @@ import asyncpg
 import pytest
 
 from bench.faults import SignedLoad, status_counts, stored_copies, verdict
-from codex_ingest import migrations
-from codex_ingest.app import create_app
 from codex_ingest.settings import Settings
+from codex_ingest.storage import migrations
+from codex_ingest.web.app import create_app
 from tests import pg
 from tests.faults import key_held, resend_settles, until
 from tests.helpers import SECRET, headers

@@ -1,0 +1,86 @@
+"""The checks every webhook passes whatever its scheme: the names in its
+URL and headers, its media type and encoding, and whether its body is JSON.
+Each raises the IngestError that says why not; none needs the app or the
+request object, only header and body values."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import orjson
+
+from codex_ingest.errors import (
+    InvalidIdempotencyKey,
+    InvalidJSON,
+    InvalidSource,
+    InvalidTenant,
+    UnsupportedContentEncoding,
+    UnsupportedMediaType,
+)
+
+SOURCE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x20-\x7e]{1,255}$")
+
+Headers = Mapping[str, str]  # case-insensitive in practice (aiohttp's CIMultiDictProxy)
+
+
+def check_source(source: str) -> str:
+    if SOURCE_PATTERN.fullmatch(source) is None:
+        raise InvalidSource()
+    return source
+
+
+def requested_tenant(headers: Headers, query: Mapping[str, str]) -> str | None:
+    """X-Tenant-Id, else ?tenant=, validated; None when neither is sent."""
+    tenant = headers.get("X-Tenant-Id")
+    if tenant is None:
+        tenant = query.get("tenant")
+    if tenant is not None and TENANT_PATTERN.fullmatch(tenant) is None:
+        raise InvalidTenant()
+    return tenant
+
+
+def check_idempotency_key(header: str | None) -> str | None:
+    """The client's Idempotency-Key, validated; None when absent."""
+    if header is None:
+        return None
+    if IDEMPOTENCY_KEY_PATTERN.fullmatch(header) is None:
+        raise InvalidIdempotencyKey()
+    return header
+
+
+def check_content_type(headers: Headers) -> str | None:
+    """The declared Content-Type; absent is taken as JSON, a media type that is not JSON is 415."""
+    declared = headers.get("Content-Type")
+    if declared is None:
+        return None
+    media_type = declared.partition(";")[0].strip().lower()
+    if media_type != "application/json" and not (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    ):
+        raise UnsupportedMediaType()
+    return declared
+
+
+def check_content_encoding(headers: Headers) -> None:
+    """Compressed bodies are refused (415): no decompression bomb, and the
+    signature is over the bytes received. The app also turns off aiohttp's
+    own request decompression (web/app.py), so nothing is inflated meanwhile."""
+    encoding = headers.get("Content-Encoding")
+    if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+        raise UnsupportedContentEncoding()
+    transfer = headers.get("Transfer-Encoding")
+    if transfer is not None and transfer.strip().lower() != "chunked":
+        raise UnsupportedContentEncoding("Transfer-Encoding may only be chunked: compressed bodies are not accepted")
+
+
+def check_json(body: bytes) -> None:
+    """Raise InvalidJSON unless the body is UTF-8 JSON holding an object or an array."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSON(f"the body is not valid UTF-8 JSON: {exc.msg}") from None
+    if not isinstance(document, (dict, list)):
+        raise InvalidJSON("the body must be a JSON object or array")

@@ -1,0 +1,133 @@
+"""The sources file (``--sources PATH`` / CODEX_SOURCES): which providers post
+to which ``/pos/{source}/ingest``, and how each signs.
+
+::
+
+    strict_sources = false          # true: a source not declared here is 404
+
+    [sources.square]
+    scheme = "square"
+    secrets = ["env:SQUARE_KEY_NEW", "env:SQUARE_KEY_OLD"]   # any one verifying is enough
+    notification_url = "https://ingest.example.com/pos/square/ingest"
+    tolerance_seconds = 300         # schemes that sign a timestamp
+
+Read once at start-up into plain, picklable data (workers are spawned with
+it); schemes.registry.build_sources turns it into verifiers. Every problem is one
+SourcesError line naming the file, the source and the key, and never a
+secret's value.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from codex_ingest.intake.checks import SOURCE_PATTERN
+from codex_ingest.intake.schemes.standard_webhooks import decode_secret
+
+SCHEMES = ("hmac-sha256", "square", "shopify", "stripe", "standard-webhooks", "toast", "clover")
+# Schemes that sign a timestamp, and so check it against tolerance_seconds.
+TIMESTAMPED = frozenset({"stripe", "standard-webhooks", "toast"})
+DEFAULT_TOLERANCE_SECONDS = 300
+ENV_PREFIX = "env:"
+
+
+class SourcesError(Exception):
+    """The sources file cannot be used; the message says why in one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSpec:
+    name: str
+    scheme: str
+    secrets: tuple[str, ...] = field(repr=False)  # resolved: never logged
+    notification_url: str | None = None
+    tolerance_seconds: int = DEFAULT_TOLERANCE_SECONDS
+
+
+@dataclass(frozen=True, slots=True)
+class SourcesConfig:
+    strict: bool
+    sources: Mapping[str, SourceSpec]
+
+
+def load_sources(path: Path, environ: Mapping[str, str]) -> SourcesConfig:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise SourcesError(f"cannot read {path}: {exc.strerror or exc.__class__.__name__}") from None
+    except UnicodeDecodeError:
+        raise SourcesError(f"{path} is not UTF-8 text") from None
+    return parse_sources(text, environ, origin=str(path))
+
+
+def parse_sources(text: str, environ: Mapping[str, str], origin: str = "<sources>") -> SourcesConfig:
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's messages give a position, not the offending text.
+        raise SourcesError(f"{origin} is not valid TOML: {exc}") from None
+    unknown = set(document) - {"strict_sources", "sources"}
+    if unknown:
+        raise SourcesError(f"{origin}: unknown top-level key(s) {', '.join(sorted(unknown))} (expected strict_sources, [sources.NAME])")
+    strict = document.get("strict_sources", False)
+    if not isinstance(strict, bool):
+        raise SourcesError(f"{origin}: strict_sources must be true or false")
+    tables = document.get("sources", {})
+    if not isinstance(tables, dict):
+        raise SourcesError(f"{origin}: sources must be tables, [sources.NAME]")
+    specs = {name: _source(name, table, environ, origin) for name, table in tables.items()}
+    return SourcesConfig(strict=strict, sources=specs)
+
+
+def _source(name: str, table: Any, environ: Mapping[str, str], origin: str) -> SourceSpec:
+    where = f"{origin}: [sources.{name}]"
+    if SOURCE_PATTERN.fullmatch(name) is None:
+        raise SourcesError(f"{where}: the source name must match ^[a-z0-9][a-z0-9_-]{{0,63}}$ (it is the URL's {{source}})")
+    if not isinstance(table, dict):
+        raise SourcesError(f"{where} must be a table")
+    scheme = table.get("scheme")
+    if scheme not in SCHEMES:
+        raise SourcesError(f"{where}: scheme must be one of {', '.join(SCHEMES)}")
+    allowed = {"scheme", "secrets"}
+    if scheme == "square":
+        allowed.add("notification_url")
+    if scheme in TIMESTAMPED:
+        allowed.add("tolerance_seconds")
+    unknown = set(table) - allowed
+    if unknown:
+        raise SourcesError(f"{where}: {', '.join(sorted(unknown))} not allowed for scheme {scheme!r} (allowed: {', '.join(sorted(allowed))})")
+    secrets = _secrets(table.get("secrets"), environ, where)
+    if scheme == "standard-webhooks":
+        for index, secret in enumerate(secrets):
+            try:
+                decode_secret(secret)
+            except ValueError as exc:
+                raise SourcesError(f"{where}: secrets[{index}] {exc}") from None
+    url = table.get("notification_url")
+    if scheme == "square" and not (isinstance(url, str) and url.startswith(("https://", "http://"))):
+        raise SourcesError(f"{where}: scheme \"square\" needs notification_url, the URL registered with Square (it is signed with the body)")
+    tolerance = table.get("tolerance_seconds", DEFAULT_TOLERANCE_SECONDS)
+    if type(tolerance) is not int or tolerance < 1:
+        raise SourcesError(f"{where}: tolerance_seconds must be a whole number of seconds, at least 1")
+    return SourceSpec(name=name, scheme=scheme, secrets=secrets, notification_url=url, tolerance_seconds=tolerance)
+
+
+def _secrets(value: Any, environ: Mapping[str, str], where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise SourcesError(f"{where}: secrets must be a non-empty list of strings (literal or env:NAME)")
+    resolved = []
+    for index, item in enumerate(value):
+        if not isinstance(item, str) or not item:
+            raise SourcesError(f"{where}: secrets[{index}] must be a non-empty string (literal or env:NAME)")
+        if item.startswith(ENV_PREFIX):
+            variable = item[len(ENV_PREFIX):]
+            secret = environ.get(variable)
+            if not secret:
+                raise SourcesError(f"{where}: secrets[{index}] names the environment variable {variable}, which is unset or empty")
+            item = secret
+        resolved.append(item)
+    return tuple(resolved)

@@ -1,0 +1,2 @@
+"""What the service tells operators: its own Prometheus metrics, the
+per-request HTTP series, and JSON log lines."""

@@ -1,0 +1,106 @@
+"""The application factory: what the app holds, its middlewares, and the
+database pool and writer opened and closed with it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import asyncpg
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from codex_ingest.intake.ratelimit import RateLimiter
+from codex_ingest.intake.reader import EventReader
+from codex_ingest.intake.schemes.base import Clock
+from codex_ingest.intake.schemes.registry import build_sources
+from codex_ingest.settings import Settings
+from codex_ingest.storage.batching import BatchWriter, DirectWriter, EventWriter
+from codex_ingest.storage.pool import create_pool
+from codex_ingest.storage.queries import Queries, load_queries
+from codex_ingest.storage.store import EventStore
+from codex_ingest.telemetry.http_metrics import HttpMetrics
+from codex_ingest.telemetry.metrics import ServiceMetrics, multiprocess_mode
+from codex_ingest.web import appkeys as keys
+from codex_ingest.web.middleware import errors_as_json, request_id
+from codex_ingest.web.routes import setup_routes
+
+log = logging.getLogger("codex_ingest")
+
+
+def create_app(settings: Settings, *, queries: Queries | None = None, clock: Clock = time.time) -> web.Application:
+    """Build the service. ``settings.database_url`` must point at a migrated database.
+
+    ``clock`` is what timestamped provider schemes compare against (tests inject one).
+    """
+    if settings.database_url is None:
+        raise ValueError("create_app needs settings.database_url (serve resolves the embedded one)")
+    registry = CollectorRegistry(auto_describe=True)
+    http_metrics = HttpMetrics(registry, label_remote=settings.metrics_remote_label)
+    app = web.Application(
+        middlewares=[request_id, http_metrics.middleware, errors_as_json],
+        client_max_size=settings.max_body_bytes,
+        # Compressed bodies are refused (intake.checks.check_content_encoding);
+        # aiohttp must not inflate them while they arrive either.
+        handler_args={"auto_decompress": False},
+    )
+    app[keys.SETTINGS] = settings
+    app[keys.QUERIES] = queries if queries is not None else load_queries()
+    app[keys.METRICS] = ServiceMetrics(registry)
+    # Every source's scheme is built once, here, not per request.
+    sources = build_sources(settings.source_table, clock, webhook_secret=settings.webhook_secret)
+    app[keys.READER] = EventReader(sources)
+    if settings.rate_limit_per_sec > 0:
+        app[keys.RATE_LIMITER] = RateLimiter(settings.rate_limit_per_sec, settings.rate_limit_burst)
+    app.cleanup_ctx.append(_database)
+    setup_routes(app)
+    return app
+
+
+async def _refresh_pool_gauges(app: web.Application) -> None:
+    while True:
+        app[keys.METRICS].refresh_pool()
+        await asyncio.sleep(1.0)
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    pool = await create_pool(settings)
+    store = EventStore(
+        pool,
+        app[keys.QUERIES],
+        acquire_timeout=settings.db_connect_timeout,
+        retry_after=settings.retry_after_seconds,
+    )
+    app[keys.STORE] = store
+    writer: EventWriter
+    if settings.batching:
+        writer = BatchWriter(
+            store,
+            max_rows=settings.batch_max_rows,
+            max_delay=settings.batch_max_delay_ms / 1000,
+            max_concurrent=settings.batch_max_in_flight,
+            retry_after=settings.retry_after_seconds,
+            timeout=settings.db_write_timeout,
+        )
+    else:
+        writer = DirectWriter(store, timeout=settings.db_write_timeout, retry_after=settings.retry_after_seconds)
+    app[keys.WRITER] = writer
+    app[keys.METRICS].watch_pool(pool.get_size, lambda: pool.get_size() - pool.get_idle_size())
+    refresher = asyncio.create_task(_refresh_pool_gauges(app)) if multiprocess_mode() else None
+    try:
+        yield
+    finally:
+        if refresher is not None:
+            refresher.cancel()
+        # Pending and in-flight batches are written and answered before the
+        # pool goes away.
+        await writer.close()
+        try:
+            await asyncio.wait_for(pool.close(), timeout=settings.db_command_timeout)
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            # A connection that will not close politely (the server is gone,
+            # or a statement is stuck) must not hold up shutdown.
+            pool.terminate()

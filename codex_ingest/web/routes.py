@@ -1,0 +1,21 @@
+"""Every route the service answers, registered in one place."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp_prometheus_exporter.handler import metrics as metrics_handler
+
+from codex_ingest.telemetry.metrics import scrape_registry
+from codex_ingest.web.appkeys import METRICS
+from codex_ingest.web.ingest import ingest
+from codex_ingest.web.openapi import openapi_document
+from codex_ingest.web.probes import healthz, readyz
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_post("/pos/{source}/ingest", ingest)
+    app.router.add_get("/healthz", healthz, allow_head=True)
+    app.router.add_get("/readyz", readyz, allow_head=True)
+    # The exporter's handler serves this process's series, or every worker's.
+    app.router.add_get("/metrics", metrics_handler(scrape_registry(app[METRICS].registry)))
+    app.router.add_get("/openapi.json", openapi_document)
