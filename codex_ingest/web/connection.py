@@ -20,8 +20,8 @@ connections use it instead of ``web.AppRunner``.
 
 aiohttp offers no hook for either, so this subclasses its RequestHandler
 and reads three of its private attributes (``_request_count``,
-``_messages``, ``_loop``); tests/test_hostile_input.py and
-tests/test_slow_clients.py fail if an aiohttp upgrade changes them.
+``_messages``, ``_loop``); tests/web/test_hostile_input.py and
+tests/web/test_slow_clients.py fail if an aiohttp upgrade changes them.
 """
 
 from __future__ import annotations

@@ -19,10 +19,10 @@ from codex_ingest.errors import IngestError, InvalidSignature
 from codex_ingest.intake.schemes.registry import build_sources
 from codex_ingest.intake.signatures import HmacSha256Verifier
 from codex_ingest.intake.sources import parse_sources
-from tests import test_hostile_input
 from tests.helpers import SECRET, sign
 from tests.live import Live
 from tests.rawhttp import build, exchange_sync
+from tests.web import test_hostile_input
 
 VERIFIER = HmacSha256Verifier(SECRET)
 

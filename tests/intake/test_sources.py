@@ -20,7 +20,7 @@ from tests.provider_helpers import shopify_signature
 from tests.test_cli import BASE_ENV, run_cli, stop, wait_healthy
 
 SECRET_VALUE = "hunter2-super-secret"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_full_file_parses_with_env_secrets_resolved() -> None:

@@ -25,7 +25,7 @@ from codex_ingest.settings import Settings
 from codex_ingest.web.app import create_app
 from codex_ingest.web.connection import ServiceRunner
 from codex_ingest.web.server import make_runner
-from tests.faults import key_held, service_factory, until, until_waiting, writes_waiting
+from tests.faults.harness import key_held, service_factory, until, until_waiting, writes_waiting
 from tests.helpers import SECRET
 
 INGEST = "/pos/chaos/ingest"

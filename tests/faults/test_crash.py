@@ -18,9 +18,9 @@ import pytest
 from bench.faults import Service, SignedLoad, status_counts, stored_copies, verdict
 from codex_ingest.storage import migrations
 from tests import pg
-from tests.faults import resend_settles, service_factory, until
+from tests.faults.harness import resend_settles, service_factory, until
+from tests.faults.test_unavailable import RECOVERY_BOUND
 from tests.helpers import SECRET
-from tests.test_unavailable import RECOVERY_BOUND
 
 INGEST = "/pos/chaos/ingest"
 # Short timeouts so an outage answers 503 quickly; generous enough for a busy machine.

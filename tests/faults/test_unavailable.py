@@ -15,7 +15,7 @@ from codex_ingest.settings import Settings
 from codex_ingest.storage import migrations
 from codex_ingest.web.app import create_app
 from tests import pg
-from tests.faults import key_held, resend_settles, until
+from tests.faults.harness import key_held, resend_settles, until
 from tests.helpers import SECRET, headers
 
 URL = "/pos/toast/ingest"

@@ -1,0 +1,109 @@
+"""The package's layout holds: few modules at the top, one job per folder
+(said in its docstring), imports pointing one way, and no cycles.
+
+Read from the source with ast, so an import inside a function counts too.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "codex_ingest"
+# The folders that hold a concern each, and the codex_ingest folders each may import.
+# Top-level modules (settings, errors, events) are for all; web/ sits on top.
+ALLOWED = {
+    "web": {"intake", "storage", "telemetry"},
+    "intake": {"telemetry"},
+    "storage": {"telemetry"},
+    "telemetry": set(),
+}
+# Top-level modules the concerns may use: process-wide ones.
+SHARED = {"codex_ingest", "codex_ingest.errors", "codex_ingest.events", "codex_ingest.settings"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imports_of(path: Path) -> set[str]:
+    """The codex_ingest modules ``path`` imports (a name imported from a package counts as its submodule if it is one)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("codex_ingest")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("codex_ingest"):
+            for alias in node.names:
+                candidate = f"{node.module}.{alias.name}"
+                found.add(candidate if candidate in MODULES else node.module)
+    return found
+
+
+GRAPH = {name: imports_of(path) - {name} for name, path in MODULES.items()}
+
+
+def concern(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in ALLOWED) else None
+
+
+def test_the_graph_sees_the_imports_that_exist() -> None:
+    # Guards the checks below against reading nothing: the app factory
+    # imports from every concern.
+    assert {"codex_ingest.intake.reader", "codex_ingest.storage.store", "codex_ingest.telemetry.metrics"} <= GRAPH[
+        "codex_ingest.web.app"
+    ] | GRAPH["codex_ingest.web.appkeys"]
+
+
+def test_at_most_eight_modules_at_the_top() -> None:
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(top) <= 8, top
+
+
+@pytest.mark.parametrize("folder", sorted({p.parent for p in PACKAGE.rglob("__init__.py")} - {PACKAGE}), ids=lambda p: p.name)
+def test_every_folder_says_what_it_holds(folder: Path) -> None:
+    docstring = ast.get_docstring(ast.parse((folder / "__init__.py").read_text()))
+    assert docstring and len(docstring.split()) >= 8, f"{folder.name}/__init__.py needs a docstring stating its job"
+
+
+def test_imports_point_one_way() -> None:
+    wrong = []
+    for module, imported in GRAPH.items():
+        own = concern(module)
+        if own is None:
+            continue
+        for target in imported:
+            other = concern(target)
+            if other is None:
+                if target not in SHARED:
+                    wrong.append(f"{module} imports the top-level {target}")
+            elif other != own and other not in ALLOWED[own]:
+                wrong.append(f"{module} ({own}/) imports {target} ({other}/)")
+    assert not wrong, "\n".join(sorted(wrong))
+
+
+def test_no_import_cycles() -> None:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    cycles: list[list[str]] = []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(GRAPH.get(module, ())):
+            if state.get(target) == 1:
+                cycles.append([*path[path.index(target):], target] if target in path else [module, target])
+            elif target not in state:
+                visit(target, [*path, target])
+        state[module] = 2
+
+    for module in sorted(GRAPH):
+        if module not in state:
+            visit(module, [module])
+    # A package's __init__ is imported by its submodules' imports; that is not a cycle.
+    cycles = [c for c in cycles if not all(a.startswith(b + ".") or b.startswith(a + ".") for a, b in zip(c, c[1:]))]
+    assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
