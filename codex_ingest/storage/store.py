@@ -19,14 +19,15 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractContextManager, asynccontextmanager
 from datetime import datetime
 
 import asyncpg
 
 from codex_ingest.errors import DatabaseUnavailable, EventRejected, IngestError
 from codex_ingest.events import IncomingEvent, Outcome, StoreResult
-from codex_ingest.storage.dberrors import ClientDataError, is_transient, unavailable_on_failure
+from codex_ingest.storage.dberrors import ErrorCounter, describe, error_class, is_row_fault, must_discard, translated
 from codex_ingest.storage.queries import Queries
 
 log = logging.getLogger("codex_ingest.store")
@@ -36,11 +37,6 @@ log = logging.getLogger("codex_ingest.store")
 _MAX_ATTEMPTS = 3
 
 Key = tuple[str, str, str]
-
-
-def _describe(exc: BaseException) -> str:
-    # Class and SQLSTATE only: driver messages can quote parameter values.
-    return f"{exc.__class__.__name__} {getattr(exc, 'sqlstate', '') or ''}".strip()
 
 
 def key_of(event: IncomingEvent) -> Key:
@@ -63,6 +59,7 @@ class EventStore:
         *,
         acquire_timeout: float,
         retry_after: int,
+        count_error: ErrorCounter | None = None,
     ) -> None:
         self._pool = pool
         self._insert_one = queries.sql("insert_event")
@@ -72,15 +69,31 @@ class EventStore:
         self._ping_sql = queries.sql("ping")
         self._acquire_timeout = acquire_timeout
         self._retry_after = retry_after
+        self._count_error = count_error
 
     def _unavailable(self, detail: str | None = None) -> DatabaseUnavailable:
         return DatabaseUnavailable(detail, retry_after=self._retry_after)
 
+    def _translated(self) -> AbstractContextManager[None]:
+        return translated(self._retry_after, self._count_error)
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pool connection; one that said the server is read-only is closed,
+        not reused, so the pool reconnects (and may find a new primary)."""
+        async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
+            try:
+                yield conn
+            except asyncpg.PostgresError as exc:
+                if must_discard(exc):
+                    conn.terminate()
+                raise
+
     # -- one event ------------------------------------------------------------
 
     async def store_event(self, event: IncomingEvent) -> StoreResult:
-        with unavailable_on_failure(self._retry_after):
-            async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
+        with self._translated():
+            async with self._connection() as conn:
                 return await self._store_one(conn, event)
 
     async def _store_one(self, conn: asyncpg.Connection, event: IncomingEvent) -> StoreResult:
@@ -122,14 +135,14 @@ class EventStore:
             leaders.setdefault(key_of(event), event)
         # Sorted by key: concurrent batches then lock index entries in one order.
         ordered = [leaders[k] for k in sorted(leaders)]
-        with unavailable_on_failure(self._retry_after):
-            async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
+        with self._translated():
+            async with self._connection() as conn:
                 try:
                     settled: dict[Key, StoreResult | IngestError] = dict(await self._store_many(conn, ordered))
-                except (asyncpg.PostgresError, ClientDataError) as exc:
-                    if is_transient(exc):
+                except Exception as exc:
+                    if not is_row_fault(exc):
                         raise
-                    log.warning("batch rejected; storing its events one by one", extra={"error": _describe(exc)})
+                    log.warning("batch rejected; storing its events one by one", extra={"error": describe(exc)})
                     settled = await self._store_each(conn, ordered)
         results: list[StoreResult | IngestError] = []
         for event in events:
@@ -182,10 +195,14 @@ class EventStore:
         for event in events:
             try:
                 settled[key_of(event)] = await self._store_one(conn, event)
-            except (asyncpg.PostgresError, ClientDataError) as exc:
-                if is_transient(exc):
+            except Exception as exc:
+                # Only a row's own fault fails that row alone; anything else
+                # fails the batch, translated by the one rule (dberrors).
+                if not is_row_fault(exc):
                     raise
-                log.warning("event rejected by the database", extra={"error": _describe(exc)})
+                if self._count_error is not None:
+                    self._count_error(error_class(exc))
+                log.warning("event rejected by the database", extra={"error": describe(exc)})
                 settled[key_of(event)] = EventRejected()
         return settled
 
@@ -193,7 +210,7 @@ class EventStore:
 
     async def ping(self, timeout: float) -> None:
         """One round trip; raises DatabaseUnavailable when the database does not answer in time."""
-        with unavailable_on_failure(self._retry_after):
+        with self._translated():
             async with asyncio.timeout(timeout):
                 async with self._pool.acquire() as conn:
                     await conn.fetchval(self._ping_sql)

@@ -47,6 +47,12 @@ class ServiceMetrics:
             buckets=_DURATION_BUCKETS,
             registry=registry,
         )
+        self._db_errors = Counter(
+            "codex_ingest_db_errors",
+            "Errors from the database, by SQLSTATE class (or connection, timeout, client_data).",
+            ["class"],
+            registry=registry,
+        )
         # multiprocess_mode matters only with several workers: pool gauges
         # add up across live workers, build_info is the same everywhere.
         self._pool_size = Gauge(
@@ -98,6 +104,9 @@ class ServiceMetrics:
         if label != OTHER_SOURCE:
             self._children[(source, outcome)] = children
         return children
+
+    def count_db_error(self, error_class: str) -> None:
+        self._db_errors.labels(error_class).inc()
 
     def watch_pool(self, size: Callable[[], int], in_use: Callable[[], int]) -> None:
         """Read the pool's gauges at scrape time (one process), or on refresh_pool()."""

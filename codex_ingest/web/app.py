@@ -73,6 +73,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         app[keys.QUERIES],
         acquire_timeout=settings.db_connect_timeout,
         retry_after=settings.retry_after_seconds,
+        count_error=app[keys.METRICS].count_db_error,
     )
     app[keys.STORE] = store
     writer: EventWriter
