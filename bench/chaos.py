@@ -13,6 +13,21 @@ every unacknowledged event. It prints one JSON object:
 ``{acknowledged, lost, doubled, resent_ok, resent_failed, five_xx_other_than_503,
 recovery_s_max, faults: [...], ...}`` and exits 1 unless lost, doubled,
 resent_failed and stranger rows are all 0.
+
+``--fault failover`` is another drill, run once per invocation
+(bench/replication.py): a primary and a streaming standby
+(``--replication sync``, the default, or ``async``); the service is given
+both in one URL (``postgresql://…@127.0.0.1:P1,127.0.0.1:P2/codex?target_session_attrs=read-write``).
+Halfway through ``--duration`` the primary's whole process tree gets
+SIGKILL, and ``--outage`` seconds later the standby is promoted (``pg_ctl
+promote``). The service is not touched. The JSON gives ``recover_seconds``
+(from the kill to the first 2xx of a request sent after it), acknowledged,
+lost (acknowledged, yet not on the new primary), doubled, resends_settled
+and the status counts; it exits 1 unless nothing is doubled, every answer
+while there was no primary was a 503 with Retry-After, the resends settle
+and — with sync replication only — nothing is lost.
+
+    python -m bench.chaos --fault failover --replication sync --duration 20
 """
 
 from __future__ import annotations
@@ -23,13 +38,15 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from bench.faults import Service, SignedLoad, status_counts, stored_copies, verdict
+from bench.faults import Answer, Service, SignedLoad, status_counts, stored_copies, verdict
 from bench.local import free_port
+from bench.replication import ReplicaPair
 from codex_ingest.storage import migrations
 
 SECRET = "chaos-secret"
@@ -168,27 +185,156 @@ async def chaos(args: argparse.Namespace, base: Path) -> dict[str, Any]:
     }
 
 
+# -- failover: kill -9 the primary, promote the standby ------------------------
+
+FAILOVER_ENV = {"DB_CONNECT_TIMEOUT": "1", "DB_COMMAND_TIMEOUT": "3", "DB_WRITE_TIMEOUT": "5", "LOG_LEVEL": "WARNING"}
+
+
+async def watchdog(load: SignedLoad, stop: asyncio.Event, seconds: float, max_requests: int) -> None:
+    """Stop the load after ``seconds`` or ``max_requests`` answers, whatever else happens."""
+    await wait_until(lambda: stop.is_set() or len(load.answers) >= max_requests, seconds, 0.05)
+    stop.set()
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float, every: float = 0.02) -> bool:
+    """Poll ``condition`` until it holds (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(every)
+
+
+def first_2xx_after(answers: list[Answer], moment: float) -> float | None:
+    """When the first 2xx of a request sent after ``moment`` came; None if none did."""
+    return min((a.answered for a in answers if a.acknowledged and a.sent >= moment), default=None)
+
+
+async def failover(args: argparse.Namespace, base: Path) -> dict[str, Any]:
+    synchronous = args.replication == "sync"
+    pair = await asyncio.to_thread(ReplicaPair.start, synchronous)
+    try:
+        await asyncio.to_thread(migrations.apply_all, pair.multi_host_url())
+        service = Service(pair.multi_host_url(), free_port(), SECRET, base / "serve.log", workers=args.workers,
+                          env=FAILOVER_ENV)
+        try:
+            await asyncio.to_thread(service.start)
+            load = SignedLoad(service.base_url + "/pos/chaos/ingest", secret=SECRET, concurrency=args.concurrency,
+                              timeout=30)
+            stop = asyncio.Event()
+            sender = asyncio.create_task(load.run(stop))
+            guard = asyncio.create_task(watchdog(load, stop, args.duration + args.outage + 90, 2_000_000))
+            try:
+                began = time.monotonic()
+                await asyncio.sleep(args.duration / 2)
+                log(f"chaos: kill -9 of the primary at {time.monotonic() - began:.1f} s, "
+                    f"{len(load.acknowledged)} acknowledged so far ({args.replication} replication)")
+                kill_issued = time.monotonic()
+                killed = await asyncio.to_thread(pair.kill_primary)
+                down = time.monotonic()
+                await asyncio.sleep(args.outage)
+                promoting = time.monotonic()
+                await asyncio.to_thread(pair.promote)
+                promoted = time.monotonic()
+                log(f"chaos: standby promoted in {promoted - promoting:.2f} s")
+                await wait_until(lambda: first_2xx_after(load.answers, down) is not None, 60)
+                first = first_2xx_after(load.answers, down)
+                await asyncio.sleep(max(0.0, began + args.duration - time.monotonic()))
+            finally:
+                stop.set()
+                await sender
+                await guard
+            elapsed = time.monotonic() - began
+
+            new_primary = pair.standby.url()
+            result = verdict(load, await stored_copies(new_primary, load.tenant))
+            unacknowledged = load.unacknowledged
+            log(f"chaos: load stopped; resending {len(unacknowledged)} unacknowledged events")
+            resent = await load.resend(unacknowledged)
+            after = await stored_copies(new_primary, load.tenant)
+            code = await asyncio.to_thread(service.terminate)
+        finally:
+            service.cleanup()
+    finally:
+        await asyncio.to_thread(pair.close)
+
+    statuses = result.pop("statuses")
+    during = [a for a in load.answers if a.sent >= down and a.answered <= promoting]
+    resends_settled = (
+        all(a.acknowledged for a in resent)
+        and not unacknowledged - after.keys()
+        and all(c == 1 for c in after.values())
+    )
+    return {
+        "fault": "failover",
+        "replication": args.replication,
+        # From issuing the kill to the first 2xx of a request sent after it (outage and promotion included).
+        "recover_seconds": None if first is None else round(first - kill_issued, 3),
+        # From pg_ctl promote returning to that first 2xx: the service's own share.
+        "after_promote_seconds": None if first is None else round(first - promoted, 3),
+        "outage_s": round(promoting - down, 2),
+        "promote_s": round(promoted - promoting, 3),
+        "processes_killed": killed,
+        **result,
+        "resends_settled": resends_settled,
+        "resent_ok": sum(1 for a in resent if a.acknowledged),
+        "resent_failed": sum(1 for a in resent if not a.acknowledged),
+        "resent_statuses": status_counts(resent),
+        "after_resend_missing_unacknowledged": len(unacknowledged - after.keys()),
+        "after_resend_doubled": sum(1 for c in after.values() if c > 1),
+        "five_xx_other_than_503": sum(n for s, n in statuses.items() if s.isdigit() and int(s) >= 500 and s != "503"),
+        "statuses": statuses,
+        "answers_without_primary": status_counts(during),
+        "answers_without_primary_not_503_with_retry_after": sum(
+            1 for a in during if not (a.status == 503 and a.retry_after)
+        ),
+        "exit_code_after_sigterm": code,
+        "workers": args.workers,
+        "concurrency": args.concurrency,
+        "duration_s": round(elapsed, 1),
+        "rps": round(len(load.answers) / elapsed, 1),
+    }
+
+
+def failover_ok(result: dict[str, Any]) -> bool:
+    return (
+        result["recover_seconds"] is not None and result["doubled"] == 0 and result["stranger"] == 0
+        and result["resends_settled"] and result["five_xx_other_than_503"] == 0
+        and result["answers_without_primary_not_503_with_retry_after"] == 0
+        and (result["lost"] == 0 or result["replication"] == "async")
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of load (default 30)")
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight (default 32)")
     parser.add_argument("--kills", type=int, default=4, help="faults injected, evenly spaced (default 4)")
-    parser.add_argument("--fault", choices=["service", "database", "both"], default="both",
-                        help="what to kill: the service, the database, or alternately both (default)")
+    parser.add_argument("--fault", choices=["service", "database", "both", "failover"], default="both",
+                        help="what to kill: the service, the database, or alternately both (default); "
+                             "failover: kill -9 the primary once and promote its standby (--kills ignored)")
+    parser.add_argument("--replication", choices=["sync", "async"], default="sync",
+                        help="with --fault failover: the standby is synchronous (default) or asynchronous")
     parser.add_argument("--workers", type=int, default=2, help="serve --workers (default 2)")
-    parser.add_argument("--outage", type=float, default=2.0, help="seconds the database stays down (default 2)")
+    parser.add_argument("--outage", type=float, default=2.0,
+                        help="seconds the database stays down; with failover, from the kill to the promotion "
+                             "(default 2)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.concurrency < 1 or args.kills < 0 or args.workers < 1 or args.outage < 0:
         parser.error("--duration, --concurrency and --workers must be positive; --kills and --outage not negative")
 
     with tempfile.TemporaryDirectory(prefix="codex-chaos-") as tmp:
-        result = asyncio.run(chaos(args, Path(tmp)))
+        result = asyncio.run((failover if args.fault == "failover" else chaos)(args, Path(tmp)))
     text = orjson.dumps(result).decode()
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
     print(text)
+    if args.fault == "failover":
+        return 0 if failover_ok(result) else 1
     ok = (
         result["lost"] == 0 and result["doubled"] == 0 and result["stranger"] == 0 and result["resent_failed"] == 0
         and result["after_resend_missing"] == 0 and result["after_resend_doubled"] == 0

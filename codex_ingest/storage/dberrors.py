@@ -45,6 +45,9 @@ _UNREACHABLE = (
     asyncio.TimeoutError,
     asyncpg.InterfaceError,
     asyncpg.PostgresConnectionError,
+    # Every host answers and none is writable: a switchover between the
+    # primary's demotion and the standby's promotion.
+    asyncpg.exceptions.TargetServerAttributeNotMatched,
 )
 
 ErrorCounter = Callable[[str], None]

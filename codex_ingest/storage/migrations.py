@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from yoyo import get_backend, read_migrations
 from yoyo.backends.base import DatabaseBackend
@@ -22,8 +23,20 @@ class MigrationState:
 
 
 def yoyo_url(database_url: str) -> str:
-    """yoyo names its driver in the scheme: postgresql:// becomes postgresql+psycopg://."""
-    return _SCHEME.sub("postgresql+psycopg://", database_url, count=1)
+    """yoyo names its driver in the scheme: postgresql:// becomes postgresql+psycopg://.
+
+    yoyo cannot parse a multi-host URL (``h1:p1,h2:p2``), but libpq can take
+    the same hosts as ``?host=h1,h2&port=p1,p2``, with target_session_attrs
+    kept: migrations then go to the writable server, as the service does.
+    """
+    parts = urlsplit(_SCHEME.sub("postgresql+psycopg://", database_url, count=1))
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if "," not in hosts:
+        return urlunsplit(parts)
+    names, ports = zip(*(host.rpartition(":")[::2] if ":" in host else (host, "5432") for host in hosts.split(",")),
+                       strict=True)
+    query = "&".join(filter(None, [parts.query, f"host={','.join(names)}", f"port={','.join(ports)}"]))
+    return urlunsplit(parts._replace(netloc=userinfo + at, query=query))
 
 
 def _open(database_url: str, directory: Path | None) -> tuple[DatabaseBackend, MigrationList]:
