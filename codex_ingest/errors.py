@@ -123,3 +123,34 @@ class RateLimited(IngestError):
     def __init__(self, detail: str | None = None, *, retry_after: int = 1) -> None:
         super().__init__(detail)
         self.headers = {"Retry-After": str(retry_after)}
+
+
+class InvalidParameter(IngestError):
+    """A query parameter has a value the service cannot use."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+
+
+class Unauthorized(IngestError):
+    """Send Authorization: Bearer <token> with a read token (CODEX_API_TOKENS)."""
+
+    status = 401
+    code = "unauthorized"
+    headers = {"WWW-Authenticate": 'Bearer realm="codex-ingest"'}
+
+
+class Forbidden(IngestError):
+    """This token may not read this tenant's events."""
+
+    status = 403
+    code = "forbidden"
+
+
+class CursorExpired(IngestError):
+    """Retention deleted events after this cursor: reading on would skip them. Start again without a cursor
+    (or from an export), knowing that events older than the retention window are gone."""
+
+    status = 410
+    code = "cursor_expired"

@@ -23,6 +23,14 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class ReadToken:
+    """A bearer token of the read API and the tenants it may read (None: every tenant)."""
+
+    token: str = field(repr=False)
+    tenants: frozenset[str] | None
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     # repr=False: secrets and URLs with passwords must never reach a log line.
     webhook_secret: str = field(repr=False)
@@ -55,6 +63,10 @@ class Settings:
     rate_limit_per_sec: float = 0.0
     rate_limit_burst: int = 10
     shutdown_grace_seconds: float = 10.0
+    # Read API tokens; empty: GET /events is off (404).
+    api_tokens: tuple[ReadToken, ...] = field(default=(), repr=False)
+    retention: float | None = None  # seconds
+    read_notify: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +157,47 @@ def _path(text: str) -> Path:
     return Path(text)
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``30s``, ``15m``, ``12h`` or ``7d``, in seconds."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError("must be a number and a unit: 30s, 15m, 12h or 7d")
+    seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError("must be longer than 0")
+    return seconds
+
+
+_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+def _api_tokens(text: str) -> tuple[ReadToken, ...]:
+    """``token1=tenantA,tenantB;token2=*``: each token and the tenants it may read."""
+    tokens: list[ReadToken] = []
+    for index, entry in enumerate(part.strip() for part in text.split(";")):
+        if not entry:
+            continue
+        token, sep, scope = entry.partition("=")
+        token, scope = token.strip(), scope.strip()
+        # Never echo a token: say which entry is wrong, not what it holds.
+        if not sep or len(token) < 16 or not token.isprintable() or any(c.isspace() for c in token):
+            raise ValueError(f"entry {index + 1} must be TOKEN=TENANT[,TENANT...] or TOKEN=*, with a token of 16 or more characters")
+        tenants = [t.strip() for t in scope.split(",")]
+        if scope == "*":
+            tokens.append(ReadToken(token, None))
+        elif tenants and all(_TENANT.fullmatch(t) for t in tenants):
+            tokens.append(ReadToken(token, frozenset(tenants)))
+        else:
+            raise ValueError(f"entry {index + 1} must name its tenants (comma-separated) or *")
+    if len({t.token for t in tokens}) != len(tokens):
+        raise ValueError("a token is listed twice")
+    return tuple(tokens)
+
+
 def _non_empty(text: str) -> str:
     if not text.strip():
         raise ValueError("must not be empty")
@@ -212,6 +265,13 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option("shutdown_grace_seconds", "SHUTDOWN_GRACE_SECONDS", _positive_float,
            "after SIGTERM, seconds in-flight requests and batches get to finish before they are "
            "cancelled (default 10)", "SECONDS"),
+    Option("api_tokens", "CODEX_API_TOKENS", _api_tokens,
+           "read API bearer tokens and their tenants, token1=tenantA,tenantB;token2=* "
+           "(default: none, GET /events is off)", "TOKENS"),
+    Option("retention", "RETENTION", parse_duration,
+           "delete events older than this, in the background (30s, 12h, 7d; default: keep everything)", "DURATION"),
+    Option("read_notify", "READ_NOTIFY", _bool,
+           "after each committed batch, NOTIFY waiting readers so they answer at once (default on)", "BOOL"),
 )
 
 MIGRATE_OPTIONS: tuple[Option, ...] = DATABASE_OPTIONS

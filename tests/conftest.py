@@ -14,7 +14,7 @@ from codex_ingest.storage import migrations
 from codex_ingest.web.app import create_app
 from tests import live as live_service
 from tests import pg
-from tests.helpers import SECRET
+from tests.helpers import READ_TOKEN, SECRET
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +61,7 @@ def database_url(pg_admin_url: str) -> Iterator[str]:
 async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     """A connection to the shared database, emptied of events first."""
     conn = await asyncpg.connect(database_url)
-    await conn.execute("TRUNCATE events RESTART IDENTITY")
+    await conn.execute("TRUNCATE events, purge_horizons RESTART IDENTITY")
     try:
         yield conn
     finally:
@@ -121,5 +121,6 @@ def provider_client(
 @pytest.fixture(scope="session")
 def live(database_url: str) -> Iterator[live_service.Live]:
     """`codex-ingest serve` in a child process on the shared database, for synchronous clients."""
-    with live_service.serve(database_url, HEADER_READ_TIMEOUT="5", BODY_READ_TIMEOUT="5") as service:
+    with live_service.serve(database_url, HEADER_READ_TIMEOUT="5", BODY_READ_TIMEOUT="5",
+                            CODEX_API_TOKENS=f"{READ_TOKEN}=*") as service:
         yield service

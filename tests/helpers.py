@@ -11,6 +11,8 @@ import asyncpg
 
 PAYLOADS = Path(__file__).resolve().parent.parent / "bench" / "payloads"
 SECRET = "test-secret-\u00e9-rotate-me"
+# A read API token (CODEX_API_TOKENS) of the live service, allowed every tenant.
+READ_TOKEN = "test-read-token-0123456789"
 
 
 def sign(body: bytes, secret: str = SECRET) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager
 from datetime import datetime
 
@@ -60,7 +60,9 @@ class EventStore:
         acquire_timeout: float,
         retry_after: int,
         count_error: ErrorCounter | None = None,
+        on_stored: Callable[[], None] | None = None,
     ) -> None:
+        """``on_stored`` is called after a commit that stored new events (it wakes readers)."""
         self._pool = pool
         self._insert_one = queries.sql("insert_event")
         self._find_one = queries.sql("find_event")
@@ -70,6 +72,11 @@ class EventStore:
         self._acquire_timeout = acquire_timeout
         self._retry_after = retry_after
         self._count_error = count_error
+        self._on_stored = on_stored
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self._pool
 
     def _unavailable(self, detail: str | None = None) -> DatabaseUnavailable:
         return DatabaseUnavailable(detail, retry_after=self._retry_after)
@@ -94,7 +101,10 @@ class EventStore:
     async def store_event(self, event: IncomingEvent) -> StoreResult:
         with self._translated():
             async with self._connection() as conn:
-                return await self._store_one(conn, event)
+                result = await self._store_one(conn, event)
+        if result.outcome is Outcome.ACCEPTED and self._on_stored is not None:
+            self._on_stored()
+        return result
 
     async def _store_one(self, conn: asyncpg.Connection, event: IncomingEvent) -> StoreResult:
         for _ in range(_MAX_ATTEMPTS):
@@ -152,6 +162,10 @@ class EventStore:
                 results.append(lead)
             else:
                 results.append(_compare(event, lead.event_id, lead.received_at, lead.stored_sha256))
+        if self._on_stored is not None and any(
+            isinstance(r, StoreResult) and r.outcome is Outcome.ACCEPTED for r in settled.values()
+        ):
+            self._on_stored()
         return results
 
     async def _store_many(self, conn: asyncpg.Connection, events: list[IncomingEvent]) -> dict[Key, StoreResult]:

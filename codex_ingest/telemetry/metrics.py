@@ -63,6 +63,27 @@ class ServiceMetrics:
             "codex_ingest_db_pool_in_use", "Pool connections currently lent out.",
             registry=registry, multiprocess_mode="livesum",
         )
+        self._readers_waiting = Gauge(
+            "codex_ingest_readers_waiting", "Readers waiting at the head (GET /events?wait=N).",
+            registry=registry, multiprocess_mode="livesum",
+        )
+        self._served = Counter(
+            "codex_ingest_events_served", "Events returned by GET /events.", registry=registry,
+        )
+        self._purged = Counter(
+            "codex_ingest_events_purged", "Events deleted by retention.", registry=registry,
+        )
+        self._horizon_lag = Gauge(
+            "codex_ingest_read_horizon_lag_seconds",
+            "Age of the oldest transaction holding an xid on the server: how long delivery to readers may lag.",
+            registry=registry, multiprocess_mode="max",
+        )
+        self._oldest_age = Gauge(
+            "codex_ingest_oldest_event_age_seconds",
+            "Seconds since the oldest retained event was received (0: none); past RETENTION, the purge is not running.",
+            registry=registry, multiprocess_mode="max",
+        )
+        self._live: list[tuple[Gauge, Callable[[], float]]] = []
         build_info = Gauge(
             "codex_ingest_build_info", "Always 1; the version is a label.", ["version"],
             registry=registry, multiprocess_mode="max",
@@ -109,18 +130,37 @@ class ServiceMetrics:
         self._db_errors.labels(error_class).inc()
 
     def watch_pool(self, size: Callable[[], int], in_use: Callable[[], int]) -> None:
-        """Read the pool's gauges at scrape time (one process), or on refresh_pool()."""
-        self._pool_readers = (size, in_use)
-        if not multiprocess_mode():
-            self._pool_size.set_function(size)
-            self._pool_in_use.set_function(in_use)
+        """The pool's gauges, read at scrape time (one process) or on refresh_live()."""
+        self._watch(self._pool_size, size)
+        self._watch(self._pool_in_use, in_use)
 
-    def refresh_pool(self) -> None:
-        """Copy the pool's sizes into the gauges; with several workers a scrape
-        reads files, not this process, so each worker refreshes them itself."""
-        size, in_use = self._pool_readers
-        self._pool_size.set(size())
-        self._pool_in_use.set(in_use())
+    def watch_readers(self, waiting: Callable[[], int]) -> None:
+        self._watch(self._readers_waiting, waiting)
+
+    def _watch(self, gauge: Gauge, read: Callable[[], float]) -> None:
+        self._live.append((gauge, read))
+        if not multiprocess_mode():
+            gauge.set_function(read)
+
+    def refresh_live(self) -> None:
+        """Copy the watched values into their gauges; with several workers a
+        scrape reads files, not this process, so each worker refreshes them itself."""
+        for gauge, read in self._live:
+            gauge.set(read())
+
+    # -- the read side and retention ------------------------------------------
+
+    def served(self, events: int) -> None:
+        self._served.inc(events)
+
+    def purged(self, events: int) -> None:
+        self._purged.inc(events)
+
+    def set_horizon_lag(self, seconds: float) -> None:
+        self._horizon_lag.set(seconds)
+
+    def set_oldest_event_age(self, seconds: float) -> None:
+        self._oldest_age.set(seconds)
 
     def exposition(self) -> bytes:
         return prometheus_client.generate_latest(scrape_registry(self.registry))

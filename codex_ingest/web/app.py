@@ -18,12 +18,16 @@ from codex_ingest.intake.schemes.base import Clock
 from codex_ingest.intake.schemes.registry import build_sources
 from codex_ingest.settings import Settings
 from codex_ingest.storage.batching import BatchWriter, DirectWriter, EventWriter
+from codex_ingest.storage.delivery import EventLog
+from codex_ingest.storage.notify import HeadWatch
 from codex_ingest.storage.pool import create_pool
 from codex_ingest.storage.queries import Queries, load_queries
 from codex_ingest.storage.store import EventStore
 from codex_ingest.telemetry.http_metrics import HttpMetrics
-from codex_ingest.telemetry.metrics import ServiceMetrics, multiprocess_mode
+from codex_ingest.telemetry.metrics import ServiceMetrics
 from codex_ingest.web import appkeys as keys
+from codex_ingest.web.auth import ReadAuth
+from codex_ingest.web.background import background_jobs
 from codex_ingest.web.middleware import errors_as_json, request_id
 from codex_ingest.web.routes import setup_routes
 
@@ -54,28 +58,39 @@ def create_app(settings: Settings, *, queries: Queries | None = None, clock: Clo
     app[keys.READER] = EventReader(sources)
     if settings.rate_limit_per_sec > 0:
         app[keys.RATE_LIMITER] = RateLimiter(settings.rate_limit_per_sec, settings.rate_limit_burst)
+    if settings.api_tokens:
+        app[keys.READ_AUTH] = ReadAuth(settings.api_tokens)
     app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(background_jobs)
     setup_routes(app)
     return app
 
 
-async def _refresh_pool_gauges(app: web.Application) -> None:
-    while True:
-        app[keys.METRICS].refresh_pool()
-        await asyncio.sleep(1.0)
-
-
 async def _database(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
+    assert settings.database_url is not None  # create_app checked it
     pool = await create_pool(settings)
+    watch = None
+    if keys.READ_AUTH in app:
+        # Readers wait at the head on this worker's listener; new commits wake them.
+        watch = HeadWatch(settings.database_url, app[keys.QUERIES].sql("notify_readers"),
+                          connect_timeout=settings.db_connect_timeout)
+        await watch.start()
+        app[keys.HEAD_WATCH] = watch
+        app[keys.METRICS].watch_readers(lambda: watch.waiting)
     store = EventStore(
         pool,
         app[keys.QUERIES],
         acquire_timeout=settings.db_connect_timeout,
         retry_after=settings.retry_after_seconds,
         count_error=app[keys.METRICS].count_db_error,
+        on_stored=watch.poke if watch is not None and settings.read_notify else None,
     )
     app[keys.STORE] = store
+    app[keys.EVENT_LOG] = EventLog(
+        pool, app[keys.QUERIES], acquire_timeout=settings.db_connect_timeout,
+        retry_after=settings.retry_after_seconds, count_error=app[keys.METRICS].count_db_error,
+    )
     writer: EventWriter
     if settings.batching:
         writer = BatchWriter(
@@ -90,12 +105,11 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         writer = DirectWriter(store, timeout=settings.db_write_timeout, retry_after=settings.retry_after_seconds)
     app[keys.WRITER] = writer
     app[keys.METRICS].watch_pool(pool.get_size, lambda: pool.get_size() - pool.get_idle_size())
-    refresher = asyncio.create_task(_refresh_pool_gauges(app)) if multiprocess_mode() else None
     try:
         yield
     finally:
-        if refresher is not None:
-            refresher.cancel()
+        if watch is not None:
+            await watch.close()
         # Pending and in-flight batches are written and answered before the
         # pool goes away.
         await writer.close()

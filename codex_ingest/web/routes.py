@@ -6,10 +6,11 @@ from aiohttp import web
 from aiohttp_prometheus_exporter.handler import metrics as metrics_handler
 
 from codex_ingest.telemetry.metrics import scrape_registry
-from codex_ingest.web.appkeys import METRICS
+from codex_ingest.web.appkeys import METRICS, READ_AUTH
 from codex_ingest.web.ingest import ingest
 from codex_ingest.web.openapi import openapi_document
 from codex_ingest.web.probes import healthz, readyz
+from codex_ingest.web.read import read_events
 
 
 def setup_routes(app: web.Application) -> None:
@@ -19,3 +20,5 @@ def setup_routes(app: web.Application) -> None:
     # The exporter's handler serves this process's series, or every worker's.
     app.router.add_get("/metrics", metrics_handler(scrape_registry(app[METRICS].registry)))
     app.router.add_get("/openapi.json", openapi_document)
+    if READ_AUTH in app:  # reading is off (404) until CODEX_API_TOKENS names a token
+        app.router.add_get("/events", read_events, allow_head=False)

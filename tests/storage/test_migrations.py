@@ -21,6 +21,7 @@ EXPECTED_COLUMNS = {
     "body": "bytea",
     "content_type": "text",
     "received_at": "timestamp with time zone",
+    "xact": "xid8",
 }
 
 
@@ -84,12 +85,12 @@ def test_cli_migrate_apply_list_rollback(new_database, capsys) -> None:
     assert main(["migrate", "list", "--database-url", url], env) == 0
     assert "[ ] 0001_create_events" in capsys.readouterr().out
     assert main(["migrate", "apply", "--database-url", url], env) == 0
-    assert "applied 1 migration(s)" in capsys.readouterr().out
+    assert "applied 2 migration(s)" in capsys.readouterr().out
     assert main(["migrate", "list"], {"DATABASE_URL": url}) == 0
     assert "[x] 0001_create_events" in capsys.readouterr().out
     assert_events_table(url)
-    assert main(["migrate", "rollback", "--database-url", url], env) == 0
-    assert "rolled back 1 migration(s)" in capsys.readouterr().out
+    assert main(["migrate", "rollback", "--all", "--database-url", url], env) == 0
+    assert "rolled back 2 migration(s)" in capsys.readouterr().out
     assert schema(url)["columns"] == {}
 
 
@@ -106,3 +107,40 @@ def test_yoyo_command_line_applies_the_same_files(new_database) -> None:
     assert result.returncode == 0, result.stderr
     assert_events_table(url)
     assert all(s.applied for s in migrations.status(url))
+
+
+def test_the_cursor_migration_gives_existing_rows_a_place_first_and_rolls_back(new_database, tmp_path) -> None:
+    """0002 on a table that already holds events: they get xact 0 (delivered first, in id order), new
+    rows their transaction's id; rolled back, the events are as they were."""
+    url = new_database()
+    only_first = tmp_path / "migrations"
+    only_first.mkdir()
+    for name in ("0001_create_events.sql", "0001_create_events.rollback.sql"):
+        (only_first / name).write_bytes((migrations_dir() / name).read_bytes())
+    migrations.apply_all(url, only_first)
+    insert = "INSERT INTO events (tenant_id, source, idempotency_key, body_sha256, body) VALUES ('t', 's', %s, %s, '{}')"
+    with psycopg.connect(url, autocommit=True) as conn:
+        for key in ("old-1", "old-2"):
+            conn.execute(insert, (key, b"\x00" * 32))
+    assert migrations.apply_all(url) == ["0002_delivery_cursor"]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(insert, ("new-1", b"\x00" * 32))
+        rows = conn.execute("SELECT idempotency_key, xact::text FROM events ORDER BY id").fetchall()
+        assert [(k, x == "0") for k, x in rows] == [("old-1", True), ("old-2", True), ("new-1", False)]
+        assert int(rows[2][1]) > 0
+        indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'events'")}
+        assert "events_delivery" in indexes
+    assert migrations.rollback(url) == ["0002_delivery_cursor"]
+    assert_cursorless = schema(url)["columns"]
+    assert "xact" not in assert_cursorless and set(assert_cursorless) == set(EXPECTED_COLUMNS) - {"xact"}
+    with psycopg.connect(url) as conn:
+        assert [r[0] for r in conn.execute("SELECT idempotency_key FROM events ORDER BY id")] == ["old-1", "old-2", "new-1"]
+        assert conn.execute("SELECT to_regclass('purge_horizons')").fetchone() == (None,)
+
+
+def test_a_multi_host_url_reaches_yoyo_as_libpq_host_and_port_lists() -> None:
+    url = "postgresql://ingest:pw@db1:5433,db2/codex?target_session_attrs=read-write"
+    assert migrations.yoyo_url(url) == (
+        "postgresql+psycopg://ingest:pw@/codex?target_session_attrs=read-write&host=db1,db2&port=5433,5432"
+    )
+    assert migrations.yoyo_url("postgres://u@h:1/d") == "postgresql+psycopg://u@h:1/d"

@@ -1,4 +1,6 @@
-"""The ``codex-ingest`` command: ``serve`` and ``migrate``.
+"""The ``codex-ingest`` command: ``serve`` (serve.py), and ``migrate``,
+``purge`` and ``export`` on the database (data.py). This module builds the
+parser and dispatches.
 
 Flags are generated from settings.OPTIONS, so ``--help``, the environment
 variables and .env.example describe the same settings.
@@ -14,23 +16,21 @@ from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
 from codex_ingest import __version__
+from codex_ingest.cli.common import EXIT_CONFIG, EXIT_FAILURE
+from codex_ingest.cli.data import export, migrate, purge
+from codex_ingest.cli.serve import serve
 from codex_ingest.settings import (
     MIGRATE_OPTIONS,
     SERVE_OPTIONS,
     ConfigError,
     Option,
-    Settings,
     load_settings,
-    with_database_url,
 )
-from codex_ingest.storage.embedded import EmbeddedDatabaseError, start_embedded
-from codex_ingest.storage.queries import load_queries
+from codex_ingest.storage.embedded import EmbeddedDatabaseError
 from codex_ingest.telemetry.logs import configure_logging
 
 log = logging.getLogger("codex_ingest")
 
-EXIT_CONFIG = 2
-EXIT_FAILURE = 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -78,6 +78,27 @@ def build_parser() -> argparse.ArgumentParser:
     list_ = actions.add_parser("list", help="list migrations and whether each is applied")
     for sub in (apply_, rollback, list_):
         _add_options(sub, MIGRATE_OPTIONS)
+
+    purge = commands.add_parser(
+        "purge", help="delete events older than a duration, in short chunks",
+        description="Delete events received more than --older-than ago, in chunks of short transactions, "
+        "moving each tenant's purge horizon (readers behind it get 410). A purged key is accepted as new again.",
+    )
+    purge.add_argument("--older-than", dest="older_than", metavar="DURATION", required=True,
+                       help="30s, 15m, 12h or 7d")
+    _add_options(purge, MIGRATE_OPTIONS)
+
+    export = commands.add_parser(
+        "export", help="write a tenant's events to stdout as NDJSON",
+        description="One event per line, in the shape GET /events returns, in delivery order; streamed "
+        "with a server-side cursor. Progress on stderr when it is a terminal.",
+    )
+    export.add_argument("--tenant", required=True, help="the tenant whose events to export")
+    export.add_argument("--source", default=None, help="only this source")
+    export.add_argument("--since", default=None, metavar="TIME",
+                        help="received at or after this ISO 8601 time (UTC when no offset is given)")
+    export.add_argument("--until", default=None, metavar="TIME", help="received before this ISO 8601 time")
+    _add_options(export, MIGRATE_OPTIONS)
     return parser
 
 
@@ -96,60 +117,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     configure_logging(settings.log_level)
     try:
         if args.command == "serve":
-            return _serve(settings)
-        return _migrate(settings, args)
+            return serve(settings)
+        if args.command == "migrate":
+            return migrate(settings, args.action, rollback_all=getattr(args, "rollback_all", False))
+        if args.command == "purge":
+            return purge(settings, args.older_than)
+        return export(settings, tenant=args.tenant, source=args.source, since=args.since, until=args.until)
     except EmbeddedDatabaseError as exc:
         log.error(str(exc))
         return EXIT_FAILURE
-
-
-def _resolve_database(settings: Settings) -> Settings:
-    if settings.database_url is not None:
-        return settings
-    return with_database_url(settings, start_embedded(settings.data_dir, load_queries()))
-
-
-def _serve(settings: Settings) -> int:
-    from codex_ingest.storage import migrations
-    from codex_ingest.web.server import StartupError, run_worker
-    from codex_ingest.workers import PortInUse, check_port_free, supervise
-
-    settings = _resolve_database(settings)
-    assert settings.database_url is not None
-    if settings.migrate:
-        try:
-            applied = migrations.apply_all(settings.database_url)
-        except Exception as exc:
-            log.error("cannot apply migrations", extra={"error": f"{exc.__class__.__name__}: {exc}"})
-            return EXIT_FAILURE
-        log.info("migrations applied", extra={"applied": applied})
-    try:
-        if settings.workers > 1:
-            return supervise(settings)
-        check_port_free(settings.host, settings.port)
-        run_worker(settings)
-    except (StartupError, PortInUse) as exc:
-        log.error(str(exc))
-        return EXIT_FAILURE
-    return 0
-
-
-def _migrate(settings: Settings, args: argparse.Namespace) -> int:
-    from codex_ingest.storage import migrations
-
-    settings = _resolve_database(settings)
-    assert settings.database_url is not None
-    try:
-        if args.action == "apply":
-            done = migrations.apply_all(settings.database_url)
-            print(f"applied {len(done)} migration(s)" + "".join(f"\n  {m}" for m in done))
-        elif args.action == "rollback":
-            done = migrations.rollback(settings.database_url, count=None if args.rollback_all else 1)
-            print(f"rolled back {len(done)} migration(s)" + "".join(f"\n  {m}" for m in done))
-        else:
-            for state in migrations.status(settings.database_url):
-                print(f"[{'x' if state.applied else ' '}] {state.id}")
-    except Exception as exc:
-        log.error("migration failed", extra={"error": f"{exc.__class__.__name__}: {exc}"})
-        return EXIT_FAILURE
-    return 0

@@ -1,0 +1,113 @@
+"""Waking readers that wait at the head (GET /events?wait=N), across workers.
+
+Each worker keeps one connection of its own (not from the pool: LISTEN is
+session state, and the pool's connections keep none) that LISTENs on
+``codex_events``. A writer that committed new events calls ``poke()``,
+which sends one ``NOTIFY`` (no payload) on that connection — after the
+commit, off the write path: a burst of batches coalesces into one NOTIFY in
+flight and one after it. Every worker's listener then wakes its waiting
+readers, and they re-read.
+
+A notification carries no data and may be lost (the connection drops, the
+process dies between a commit and its NOTIFY): that only delays a reader
+until the next notification or its own timeout, never loses an event,
+because readers always re-read the table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import asyncpg
+
+from codex_ingest.storage.pool import SERVER_SETTINGS
+
+log = logging.getLogger("codex_ingest.notify")
+
+CHANNEL = "codex_events"
+_RECONNECT_SECONDS = 1.0
+
+
+class HeadWatch:
+    """One worker's listener and notifier; readers ``wait()`` for new events."""
+
+    def __init__(self, database_url: str, notify_sql: str, *, connect_timeout: float) -> None:
+        self._url = database_url
+        self._notify_sql = notify_sql
+        self._connect_timeout = connect_timeout
+        self._changed = asyncio.Event()
+        self._conn: asyncpg.Connection | None = None
+        self._poked = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.waiting = 0  # readers waiting now (a gauge)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._keep_listening()), loop.create_task(self._send_notifies())]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def poke(self) -> None:
+        """New events committed: have every worker's readers re-read (one NOTIFY, soon)."""
+        self._poked.set()
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait until new events may be deliverable or ``timeout`` passes; True when woken."""
+        changed = self._changed
+        self.waiting += 1
+        try:
+            async with asyncio.timeout(timeout):
+                await changed.wait()
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self.waiting -= 1
+
+    def _wake(self, *_: object) -> None:
+        # Waiters hold the current event; a fresh one is for the next change.
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _keep_listening(self) -> None:
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(
+                    self._url, timeout=self._connect_timeout,
+                    server_settings={**SERVER_SETTINGS, "application_name": "codex-ingest-listener"},
+                )
+                closed = asyncio.Event()
+                conn.add_termination_listener(lambda _, closed=closed: closed.set())
+                await conn.add_listener(CHANNEL, self._wake)
+                self._conn = conn
+                # Events may have come while nobody listened: have readers look.
+                self._wake()
+                await closed.wait()
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.debug("listener not connected", extra={"error": exc.__class__.__name__})
+            finally:
+                # Also on cancellation (close()): never leave the connection open.
+                self._conn = None
+                if conn is not None and not conn.is_closed():
+                    conn.terminate()
+            await asyncio.sleep(_RECONNECT_SECONDS)
+
+    async def _send_notifies(self) -> None:
+        while True:
+            await self._poked.wait()
+            self._poked.clear()
+            conn = self._conn
+            if conn is None:
+                continue  # no listener connection: readers fall back to their timeouts
+            try:
+                await conn.execute(self._notify_sql)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.debug("NOTIFY failed", extra={"error": exc.__class__.__name__})

@@ -1,0 +1,95 @@
+"""GET /events: a tenant's stored events in delivery order, by cursor, with
+an optional wait at the head (long-poll).
+
+A consumer that always continues from ``next_cursor`` gets every committed
+event of its tenant exactly once (storage/delivery.py says why). With
+``wait=N`` a read that finds nothing waits up to N seconds for new events
+(woken by storage/notify.py, never by polling) and then answers, empty or
+not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import math
+
+from aiohttp import web
+
+from codex_ingest.errors import InvalidParameter, InvalidSource, InvalidTenant
+from codex_ingest.intake.checks import SOURCE_PATTERN, TENANT_PATTERN
+from codex_ingest.storage.delivery import START, Cursor, StoredEvent
+from codex_ingest.web.appkeys import EVENT_LOG, HEAD_WATCH, METRICS, READ_AUTH
+from codex_ingest.web.responses import json_response
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+MAX_WAIT_SECONDS = 30.0
+# Read answers are one consumer's data: no cache may keep them.
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def _limit(text: str | None) -> int:
+    if text is None:
+        return DEFAULT_LIMIT
+    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+        raise InvalidParameter("invalid_limit", f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    return int(text)
+
+
+def _wait(text: str | None) -> float:
+    if text is None:
+        return 0.0
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds <= MAX_WAIT_SECONDS:  # also false for NaN
+        raise InvalidParameter("invalid_wait", f"wait must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}")
+    return seconds
+
+
+def event_document(event: StoredEvent) -> dict[str, object]:
+    """One event as the API shows it; ``body_base64`` holds the exact bytes stored (canonical)."""
+    return {
+        "event_id": event.event_id,
+        "tenant_id": event.tenant_id,
+        "source": event.source,
+        "idempotency_key": event.idempotency_key,
+        "received_at": event.received_at.isoformat(),
+        "content_type": event.content_type,
+        "body_base64": base64.b64encode(event.body).decode("ascii"),
+    }
+
+
+async def read_events(request: web.Request) -> web.Response:
+    app = request.app
+    query = request.query
+    tenant = query.get("tenant")
+    app[READ_AUTH].scope(request.headers.get("Authorization"))  # 401 first: say nothing to strangers
+    if tenant is None or TENANT_PATTERN.fullmatch(tenant) is None:
+        raise InvalidTenant("tenant is required and must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+    app[READ_AUTH].authorize(request.headers.get("Authorization"), tenant)
+    source = query.get("source")
+    if source is not None and SOURCE_PATTERN.fullmatch(source) is None:
+        raise InvalidSource()
+    after = Cursor.decode(query["after"]) if "after" in query else None
+    limit = _limit(query.get("limit"))
+    wait = _wait(query.get("wait"))
+
+    log = app[EVENT_LOG]
+    events = await log.page(tenant, source, after, limit)
+    if not events and wait > 0:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        watch = app[HEAD_WATCH]
+        while not events and (remaining := deadline - loop.time()) > 0:
+            # Woken by a NOTIFY, or the time is up: read again either way.
+            await watch.wait(remaining)
+            events = await log.page(tenant, source, after, limit)
+    app[METRICS].served(len(events))
+    next_cursor = events[-1].cursor if events else (after or START)
+    return json_response(
+        {"events": [event_document(e) for e in events], "next_cursor": next_cursor.encode()},
+        headers=NO_STORE,
+    )

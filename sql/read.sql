@@ -1,0 +1,58 @@
+-- The read side: events in delivery order, by cursor. The cursor is the
+-- pair (xact, id): the transaction that stored a row, then its id. Only
+-- rows whose transaction is older than every transaction still running are
+-- served (below the snapshot's xmin): no row can later commit behind a
+-- cursor that has passed it. xid8 travels as text; Python never does
+-- arithmetic on it. Statements run outside any explicit transaction, so
+-- the reader holds no xid and delays nobody's delivery.
+
+-- name: read_events
+-- A page of one tenant's deliverable events after a cursor, in delivery
+-- order: (xact_text, id, tenant_id, source, idempotency_key, received_at,
+-- content_type, body). The horizon is taken once per statement (an
+-- initplan). The text copy of xact must not be named xact: ORDER BY would
+-- then sort by the text ('1000' < '903') and the cursor would skip.
+-- params: $1 tenant_id, $2 source (NULL: every source), $3 after xact (text), $4 after id, $5 limit
+SELECT xact::text AS xact_text, id, tenant_id, source, idempotency_key, received_at, content_type, body
+FROM events
+WHERE tenant_id = $1
+  AND ($2::text IS NULL OR source = $2::text)
+  AND (xact, id) > ($3::text::xid8, $4::bigint)
+  AND xact < (SELECT pg_snapshot_xmin(pg_current_snapshot()))
+ORDER BY xact, id
+LIMIT $5;
+
+-- name: purge_horizon
+-- The last (xact, id) retention deleted for a tenant: (xact text, id), or no row.
+-- params: $1 tenant_id
+SELECT xact::text AS xact, id FROM purge_horizons WHERE tenant_id = $1;
+
+-- name: export_events
+-- One tenant's events received in [since, until), in delivery order, for a
+-- server-side cursor: (xact_text, id, tenant_id, source, idempotency_key,
+-- received_at, content_type, body).
+-- params: $1 tenant_id, $2 source (NULL: every source), $3 since (NULL: the start), $4 until (NULL: now)
+SELECT xact::text AS xact_text, id, tenant_id, source, idempotency_key, received_at, content_type, body
+FROM events
+WHERE tenant_id = $1
+  AND ($2::text IS NULL OR source = $2::text)
+  AND ($3::timestamptz IS NULL OR received_at >= $3::timestamptz)
+  AND ($4::timestamptz IS NULL OR received_at < $4::timestamptz)
+ORDER BY xact, id;
+
+-- name: horizon_lag
+-- Seconds the delivery horizon lags: the age of the oldest transaction that
+-- holds an xid, anywhere on the server (0 when there is none).
+SELECT coalesce(extract(epoch FROM now() - min(xact_start)), 0)::float8
+FROM pg_stat_activity
+WHERE backend_xid IS NOT NULL;
+
+-- name: oldest_event_age
+-- Seconds since the oldest retained event was received (no row: no event).
+-- The lowest id is the oldest row to within the seconds a commit can lag;
+-- min(received_at) would read the whole table (it has no index).
+SELECT extract(epoch FROM now() - received_at)::float8 FROM events ORDER BY id LIMIT 1;
+
+-- name: notify_readers
+-- Wakes every worker's waiting readers; no payload: they re-read.
+NOTIFY codex_events;

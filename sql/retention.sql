@@ -1,0 +1,26 @@
+-- Retention: old events deleted in short chunks.
+
+-- name: purge_chunk
+-- Deletes up to $2 events received before $1, oldest ids first, in one
+-- short transaction, and moves each touched tenant's purge horizon to the
+-- last (xact, id) deleted, so a cursor before it gets 410 instead of
+-- skipping. SKIP LOCKED: workers purging at once share the work. Returns
+-- the number of rows deleted (0: done).
+-- params: $1 older than (timestamptz), $2 chunk rows
+WITH doomed AS (
+    DELETE FROM events
+    WHERE id IN (
+        SELECT id FROM events WHERE received_at < $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED
+    )
+    RETURNING tenant_id, xact, id
+), last_per_tenant AS (
+    SELECT DISTINCT ON (tenant_id) tenant_id, xact, id
+    FROM doomed
+    ORDER BY tenant_id, xact DESC, id DESC
+), moved AS (
+    INSERT INTO purge_horizons AS h (tenant_id, xact, id)
+    SELECT tenant_id, xact, id FROM last_per_tenant
+    ON CONFLICT (tenant_id) DO UPDATE SET xact = EXCLUDED.xact, id = EXCLUDED.id
+    WHERE (h.xact, h.id) < (EXCLUDED.xact, EXCLUDED.id)
+)
+SELECT count(*) FROM doomed;

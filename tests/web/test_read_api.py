@@ -1,0 +1,211 @@
+"""GET /events: tokens and their tenants, the page shape, bad parameters, the
+cursor, waiting at the head, and the 410 behind retention."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from urllib.parse import urlencode
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from codex_ingest.settings import ReadToken
+from codex_ingest.storage import retention
+from codex_ingest.storage.queries import load_queries
+from tests.helpers import SECRET, headers
+
+ALL = "reader-token-all-tenants-0123456789"
+SHOP_A = "reader-token-shop-a-only-0123456789"
+TOKENS = (ReadToken(ALL, None), ReadToken(SHOP_A, frozenset({"shop-a"})))
+INGEST = "/pos/square/ingest"
+
+
+@pytest.fixture
+async def reader(make_client):
+    return await make_client(api_tokens=TOKENS)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def post(client, n: int, tenant: str = "shop-a", source: str = "square") -> int:
+    body = b'{"type":"order.created","n":%d}' % n
+    resp = await client.post(f"/pos/{source}/ingest", data=body, headers=headers(body, tenant=tenant))
+    assert resp.status == 201, await resp.text()
+    return (await resp.json())["event_id"]
+
+
+async def read(client, token: str = ALL, **params) -> dict:
+    resp = await client.get("/events?" + urlencode({"tenant": "shop-a", **params}), headers=bearer(token))
+    assert resp.status == 200, await resp.text()
+    assert resp.headers["Cache-Control"] == "no-store"
+    return await resp.json()
+
+
+async def test_reading_is_off_without_tokens(client) -> None:
+    resp = await client.get("/events?tenant=shop-a", headers=bearer(ALL))
+    assert resp.status == 404
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer nope-not-a-token-at-all", f"Basic {ALL}", f"Bearer {SECRET}", "Bearer "])
+async def test_no_token_or_an_unknown_one_is_401(reader, authorization) -> None:
+    resp = await reader.get("/events?tenant=shop-a", headers={} if authorization is None else {"Authorization": authorization})
+    assert resp.status == 401
+    assert (await resp.json())["error"] == "unauthorized"
+    assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+async def test_a_token_reads_only_its_tenants(reader, db) -> None:
+    await post(reader, 1, tenant="shop-a")
+    await post(reader, 2, tenant="shop-b")
+    assert [e["tenant_id"] for e in (await read(reader, SHOP_A))["events"]] == ["shop-a"]
+    other = await reader.get("/events?tenant=shop-b", headers=bearer(SHOP_A))
+    assert other.status == 403
+    assert (await other.json())["error"] == "forbidden"
+    assert [e["tenant_id"] for e in (await read(reader, ALL, tenant="shop-b"))["events"]] == ["shop-b"]
+
+
+async def test_a_page_carries_the_exact_stored_bytes_and_a_cursor(reader, db) -> None:
+    body = b'{"type":"payment.updated","id":"evt_1","note":"caf\\u00e9 \\u0000"}'
+    resp = await reader.post(INGEST, data=body, headers=headers(body, tenant="shop-a", **{"Idempotency-Key": "k-1"}))
+    event_id = (await resp.json())["event_id"]
+    page = await read(reader)
+    assert set(page) == {"events", "next_cursor"}
+    [event] = page["events"]
+    assert set(event) == {"event_id", "tenant_id", "source", "idempotency_key", "received_at", "content_type", "body_base64"}
+    assert (event["event_id"], event["tenant_id"], event["source"], event["idempotency_key"]) == (event_id, "shop-a", "square", "k-1")
+    assert base64.b64decode(event["body_base64"]) == body
+    assert event["content_type"] == "application/json"
+    assert event["received_at"].startswith("20")
+    # Nothing after it yet: an empty page keeps the consumer where it is.
+    after = await read(reader, after=page["next_cursor"])
+    assert after == {"events": [], "next_cursor": page["next_cursor"]}
+
+
+async def test_an_empty_tenant_still_gets_a_cursor_to_continue_from(reader, db) -> None:
+    first = await read(reader)
+    assert first["events"] == [] and first["next_cursor"]
+    await post(reader, 1)
+    assert len((await read(reader, after=first["next_cursor"]))["events"]) == 1
+
+
+async def test_following_next_cursor_gets_every_event_once_in_order_with_limit_and_source(reader, db) -> None:
+    ids = [await post(reader, n, source="square" if n % 3 else "toast") for n in range(12)]
+    seen: list[int] = []
+    cursor = None
+    for _ in range(10):
+        page = await read(reader, limit=5, **({"after": cursor} if cursor else {}))
+        seen += [e["event_id"] for e in page["events"]]
+        cursor = page["next_cursor"]
+        if not page["events"]:
+            break
+    assert seen == ids
+    toast = await read(reader, source="toast", limit=1000)
+    assert [e["event_id"] for e in toast["events"]] == [i for n, i in enumerate(ids) if n % 3 == 0]
+
+
+async def test_limit_defaults_to_100(reader, db) -> None:
+    bodies = [b'{"n":%d}' % n for n in range(150)]
+    await asyncio.gather(*(reader.post(INGEST, data=b, headers=headers(b, tenant="shop-a")) for b in bodies))
+    assert len((await read(reader))["events"]) == 100
+    assert len((await read(reader, limit=1000))["events"]) == 150
+
+
+@pytest.mark.parametrize(("params", "code"), [
+    ({"limit": "0"}, "invalid_limit"),
+    ({"limit": "1001"}, "invalid_limit"),
+    ({"limit": "ten"}, "invalid_limit"),
+    ({"wait": "31"}, "invalid_wait"),
+    ({"wait": "-1"}, "invalid_wait"),
+    ({"wait": "nan"}, "invalid_wait"),
+    ({"after": "not-a-cursor"}, "invalid_cursor"),
+    ({"after": base64.urlsafe_b64encode(b"12:x").decode()}, "invalid_cursor"),
+    ({"source": "Bad Source"}, "invalid_source"),
+    ({"tenant": "bad tenant!"}, "invalid_tenant"),
+])
+async def test_bad_parameters_are_400_with_a_json_error(reader, db, params, code) -> None:
+    resp = await reader.get("/events?" + urlencode({"tenant": "shop-a", **params}), headers=bearer(ALL))
+    assert resp.status == 400, await resp.text()
+    doc = await resp.json()
+    assert doc["error"] == code and doc["detail"]
+
+
+async def test_a_missing_tenant_is_400(reader) -> None:
+    resp = await reader.get("/events", headers=bearer(ALL))
+    assert resp.status == 400
+    assert (await resp.json())["error"] == "invalid_tenant"
+
+
+async def test_a_waiting_reader_gets_a_new_event_within_1_s_of_its_201(reader, db) -> None:
+    cursor = (await read(reader))["next_cursor"]
+    loop = asyncio.get_running_loop()
+    waiting = asyncio.create_task(read(reader, after=cursor, wait=10))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    event_id = await post(reader, 1)
+    acknowledged = loop.time()
+    page = await waiting
+    assert loop.time() - acknowledged < 1.0
+    assert [e["event_id"] for e in page["events"]] == [event_id]
+
+
+async def test_a_wait_with_nothing_new_answers_empty_when_the_time_is_up(reader, db) -> None:
+    cursor = (await read(reader))["next_cursor"]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    page = await read(reader, after=cursor, wait=0.5)
+    assert page == {"events": [], "next_cursor": cursor}
+    assert 0.5 <= loop.time() - started < 3
+
+
+async def test_readers_waiting_and_events_served_are_metrics(reader, db) -> None:
+    cursor = (await read(reader))["next_cursor"]
+    waiting = asyncio.create_task(read(reader, after=cursor, wait=5))
+    await asyncio.sleep(0.3)
+    samples = await metric_samples(reader)
+    assert samples["codex_ingest_readers_waiting"] == 1.0
+    await post(reader, 1)
+    await waiting
+    samples = await metric_samples(reader)
+    assert samples["codex_ingest_readers_waiting"] == 0.0
+    assert samples["codex_ingest_events_served_total"] == 1.0
+
+
+async def metric_samples(client) -> dict[str, float]:
+    text = await (await client.get("/metrics")).text()
+    return {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples if not s.labels}
+
+
+async def test_a_cursor_behind_purged_events_is_410_and_a_fresh_read_starts_after_them(reader, db) -> None:
+    for n in range(3):
+        await post(reader, n)
+    first = await read(reader, limit=1)
+    await db.execute("UPDATE events SET received_at = now() - interval '2 days' WHERE id <= 2")
+    assert await retention.purge(db, load_queries(), older_than=86400) == 2
+    resp = await reader.get("/events?" + urlencode({"tenant": "shop-a", "after": first["next_cursor"]}), headers=bearer(ALL))
+    assert resp.status == 410
+    assert (await resp.json())["error"] == "cursor_expired"
+    # Reading from the start is allowed: it begins at the oldest retained event.
+    assert [e["event_id"] for e in (await read(reader))["events"]] == [3]
+
+
+async def test_a_cursor_at_or_after_the_purge_horizon_reads_on(reader, db) -> None:
+    for n in range(3):
+        await post(reader, n)
+    upto_two = await read(reader, limit=2)
+    await db.execute("UPDATE events SET received_at = now() - interval '2 days' WHERE id <= 2")
+    await retention.purge(db, load_queries(), older_than=86400)
+    assert [e["event_id"] for e in (await read(reader, after=upto_two["next_cursor"]))["events"]] == [3]
+
+
+async def test_a_purged_key_is_accepted_as_new(reader, db) -> None:
+    body = b'{"n":"again"}'
+    first = await reader.post(INGEST, data=body, headers=headers(body, tenant="shop-a"))
+    assert first.status == 201
+    await db.execute("UPDATE events SET received_at = now() - interval '2 days'")
+    await retention.purge(db, load_queries(), older_than=86400)
+    again = await reader.post(INGEST, data=body, headers=headers(body, tenant="shop-a"))
+    assert again.status == 201
+    assert (await again.json())["event_id"] != (await first.json())["event_id"]
