@@ -28,7 +28,7 @@ from codex_ingest.telemetry.metrics import ServiceMetrics
 from codex_ingest.web import appkeys as keys
 from codex_ingest.web.auth import ReadAuth
 from codex_ingest.web.background import background_jobs
-from codex_ingest.web.middleware import errors_as_json, request_id
+from codex_ingest.web.middleware import errors_as_json, request_id, response_headers
 from codex_ingest.web.routes import setup_routes
 
 log = logging.getLogger("codex_ingest")
@@ -50,6 +50,7 @@ def create_app(settings: Settings, *, queries: Queries | None = None, clock: Clo
         # aiohttp must not inflate them while they arrive either.
         handler_args={"auto_decompress": False},
     )
+    app.on_response_prepare.append(response_headers)
     app[keys.SETTINGS] = settings
     app[keys.QUERIES] = queries if queries is not None else load_queries()
     app[keys.METRICS] = ServiceMetrics(registry)

@@ -37,7 +37,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from codex_ingest.web.appkeys import SETTINGS
-from codex_ingest.web.responses import error_response
+from codex_ingest.web.responses import RESPONSE_HEADERS, error_response
 
 log = logging.getLogger("codex_ingest.connection")
 
@@ -47,7 +47,8 @@ _HEAD_TIMEOUT_BODY = orjson.dumps(
 _HEAD_TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\n"
     b"Content-Type: application/json\r\n"
-    b"Connection: close\r\n"
+    + "".join(f"{name}: {value}\r\n" for name, value in RESPONSE_HEADERS.items()).encode()
+    + b"Connection: close\r\n"
     b"Content-Length: " + str(len(_HEAD_TIMEOUT_BODY)).encode() + b"\r\n\r\n" + _HEAD_TIMEOUT_BODY
 )
 
@@ -90,9 +91,10 @@ class GuardedRequestHandler(RequestHandler):
         finally:
             if not self._messages:
                 self._in_request = False
-            if resp.status == 408:
-                # The client is too slow to send its body: do not linger
-                # reading the rest of it, close once the answer is flushed.
+            if resp.status == 408 or (resp.status == 413 and request.headers.get("Expect", "").lower() == "100-continue"):
+                # The client is too slow to send its body, or was told not to
+                # send it at all: do not linger reading it, close once the
+                # answer is flushed.
                 self.force_close()
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -117,6 +119,7 @@ class GuardedRequestHandler(RequestHandler):
             )
         else:
             resp = error_response(status, "bad_request", "the request is not valid HTTP/1.1")
+        resp.headers.update(RESPONSE_HEADERS)  # no app here: its on_response_prepare does not run
         resp.force_close()
         return resp
 

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from codex_ingest.errors import IngestError
-from codex_ingest.web.responses import error_response
+from codex_ingest.web.responses import RESPONSE_HEADERS, error_response
 
 log = logging.getLogger("codex_ingest.errors")
 
@@ -71,3 +71,8 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         # A 500 is always a bug: log it with its traceback, tell the client little.
         log.exception("unhandled error", extra={"path": request.path, "method": request.method})
         return error_response(500, "internal_error", "an unexpected error occurred; it has been logged")
+
+
+async def response_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: every response's own headers, set before aiohttp's Server default applies."""
+    response.headers.update(RESPONSE_HEADERS)

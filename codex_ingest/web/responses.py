@@ -8,6 +8,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+# On every response: no versions for a scanner to match against (aiohttp
+# would send "Python/3.11 aiohttp/3.x"), and no content sniffing by browsers.
+RESPONSE_HEADERS = {"Server": "codex-ingest", "X-Content-Type-Options": "nosniff"}
+
 
 def json_response(
     payload: Mapping[str, Any], status: int = 200, headers: Mapping[str, str] | None = None

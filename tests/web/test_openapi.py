@@ -10,7 +10,10 @@ from collections import Counter
 from importlib import resources
 from typing import Any
 
+import pytest
 import schemathesis
+from openapi_spec_validator import OpenAPIV31SpecValidator
+from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
@@ -59,6 +62,13 @@ def before_call(context: schemathesis.HookContext, case: schemathesis.Case, kwar
 @schemathesis.hook
 def after_call(context: schemathesis.HookContext, case: schemathesis.Case, response: schemathesis.Response) -> None:
     STATUSES[response.status_code] += 1
+
+
+def test_document_is_valid_openapi_3_1() -> None:
+    assert DOCUMENT["openapi"] == "3.1.0"
+    OpenAPIV31SpecValidator(DOCUMENT).validate()  # raises on any departure from the 3.1 meta-schema
+    with pytest.raises(OpenAPIValidationError):
+        OpenAPIV31SpecValidator({**DOCUMENT, "paths": {"/x": {"get": {"responses": {"200": {}}}}}}).validate()
 
 
 def test_document_loads_and_is_valid_openapi_3() -> None:
