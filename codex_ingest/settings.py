@@ -45,6 +45,8 @@ class Settings:
     db_command_timeout: float = 5.0
     db_write_timeout: float = 10.0
     max_body_bytes: int = 1024 * 1024
+    max_batch_bytes: int = 8 * 1024 * 1024
+    batch_max_items: int = 1000
     retry_after_seconds: int = 5
     log_level: str = "INFO"
     access_log: bool = False
@@ -67,6 +69,12 @@ class Settings:
     api_tokens: tuple[ReadToken, ...] = field(default=(), repr=False)
     retention: float | None = None  # seconds
     read_notify: bool = True
+    # asyncpg's prepared-statement cache per connection; 0 behind PgBouncer in
+    # transaction mode before 1.21 (it cannot follow named prepared statements).
+    db_statement_cache_size: int = 100
+    # Where the read side's LISTEN connection goes; None: database_url. A
+    # direct PostgreSQL URL when database_url goes through a transaction pooler.
+    listen_database_url: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +241,10 @@ SERVE_OPTIONS: tuple[Option, ...] = (
            "before answering 503 (default 10)", "SECONDS"),
     Option("max_body_bytes", "MAX_BODY_BYTES", _positive_int,
            "largest accepted body in bytes; larger is 413 (default 1048576)", "BYTES"),
+    Option("max_batch_bytes", "MAX_BATCH_BYTES", _positive_int,
+           "largest accepted body of POST /pos/{source}/ingest/batch in bytes; larger is 413 (default 8388608)", "BYTES"),
+    Option("batch_max_items", "BATCH_MAX_ITEMS", _positive_int,
+           "most events in one POST /pos/{source}/ingest/batch; more is 413 (default 1000)", "N"),
     Option("retry_after_seconds", "RETRY_AFTER_SECONDS", _positive_int,
            "Retry-After sent with 503 (default 5)", "SECONDS"),
     Option("access_log", "ACCESS_LOG", _bool,
@@ -272,6 +284,12 @@ SERVE_OPTIONS: tuple[Option, ...] = (
            "delete events older than this, in the background (30s, 12h, 7d; default: keep everything)", "DURATION"),
     Option("read_notify", "READ_NOTIFY", _bool,
            "after each committed batch, NOTIFY waiting readers so they answer at once (default on)", "BOOL"),
+    Option("db_statement_cache_size", "DB_STATEMENT_CACHE_SIZE", _non_negative_int,
+           "prepared statements asyncpg caches per connection; 0 behind PgBouncer in transaction mode "
+           "before 1.21 (default 100)", "N"),
+    Option("listen_database_url", "LISTEN_DATABASE_URL", _database_url,
+           "PostgreSQL URL for the read side's LISTEN connection, which needs a session: a direct URL when "
+           "DATABASE_URL goes through PgBouncer in transaction mode (default: DATABASE_URL)", "URL"),
 )
 
 MIGRATE_OPTIONS: tuple[Option, ...] = DATABASE_OPTIONS

@@ -51,16 +51,24 @@ def check_idempotency_key(header: str | None) -> str | None:
     return header
 
 
-def check_content_type(headers: Headers) -> str | None:
-    """The declared Content-Type; absent is taken as JSON, a media type that is not JSON is 415."""
+def media_type(content_type: str | None) -> str:
+    """The media type of a Content-Type value, lower case; absent is taken as JSON."""
+    if content_type is None:
+        return "application/json"
+    return content_type.partition(";")[0].strip().lower()
+
+
+def check_content_type(headers: Headers, also: frozenset[str] = frozenset()) -> str | None:
+    """The declared Content-Type; absent is taken as JSON, a media type that is
+    neither JSON nor one of ``also`` is 415."""
     declared = headers.get("Content-Type")
     if declared is None:
         return None
-    media_type = declared.partition(";")[0].strip().lower()
-    if media_type != "application/json" and not (
-        media_type.startswith("application/") and media_type.endswith("+json")
+    kind = media_type(declared)
+    if kind != "application/json" and kind not in also and not (
+        kind.startswith("application/") and kind.endswith("+json")
     ):
-        raise UnsupportedMediaType()
+        raise UnsupportedMediaType("Content-Type must be application/json" + "".join(f" or {m}" for m in sorted(also)))
     return declared
 
 

@@ -15,12 +15,25 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from codex_ingest.errors import InvalidTenant
+from codex_ingest.errors import InvalidTenant, UnknownSource
 from codex_ingest.events import IncomingEvent
-from codex_ingest.intake.checks import Headers, check_content_encoding, check_content_type, requested_tenant
+from codex_ingest.intake import batch
+from codex_ingest.intake.batch import InvalidItem
+from codex_ingest.intake.checks import (
+    Headers,
+    check_content_encoding,
+    check_content_type,
+    media_type,
+    requested_tenant,
+)
 from codex_ingest.intake.ratelimit import RateLimiter
 from codex_ingest.intake.schemes.base import Delivery, Handshake, Scheme
+from codex_ingest.intake.schemes.generic import GenericHmacScheme
 from codex_ingest.intake.schemes.registry import SourceSchemes
+
+BATCH_MEDIA_TYPES = frozenset({batch.NDJSON})
+# Each item of a batch is one JSON document, whatever the request's framing.
+ITEM_CONTENT_TYPE = "application/json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,16 +56,23 @@ class EventReader:
         self._sources = sources
 
     def admit(
-        self, source: str, headers: Headers, query: Mapping[str, str], limiter: RateLimiter | None = None
+        self, source: str, headers: Headers, query: Mapping[str, str], limiter: RateLimiter | None = None,
+        *, batch: bool = False,
     ) -> Admitted:
-        """Judge the request from its URL and headers alone; raise the IngestError that refuses it."""
+        """Judge the request from its URL and headers alone; raise the IngestError that refuses it.
+
+        ``batch``: the request carries many events (read_batch); only the
+        generic scheme's sources take batches (providers never batch: 404).
+        """
         scheme = self._sources.scheme_for(source)
+        if batch and not isinstance(scheme, GenericHmacScheme):
+            raise UnknownSource(f"source {source!r} is a provider's: providers send one event per request, never a batch")
         tenant = requested_tenant(headers, query)
         if tenant is None and scheme.tenant_from_request:
             raise InvalidTenant("X-Tenant-Id header (or ?tenant=) is required")
         if limiter is not None and tenant is not None:
             limiter.check(tenant, source)  # before the body is read: a refused request costs no read
-        content_type = check_content_type(headers)
+        content_type = check_content_type(headers, also=BATCH_MEDIA_TYPES if batch else frozenset())
         check_content_encoding(headers)
         return Admitted(source, scheme, tenant, content_type, limiter)
 
@@ -68,6 +88,15 @@ class EventReader:
             for tenant in dict.fromkeys(e.tenant_id for e in events):
                 admitted.limiter.check(tenant, admitted.source)
         return events
+
+
+    def read_batch(self, admitted: Admitted, headers: Headers, body: bytes, max_items: int) -> list[IncomingEvent | InvalidItem]:
+        """Verify a batch's signature over the whole body, then each item as an event or why it is invalid."""
+        assert isinstance(admitted.scheme, GenericHmacScheme) and admitted.tenant is not None  # admit(batch=True)
+        admitted.scheme.verify(headers, body)
+        items = batch.split(body, media_type(admitted.content_type), max_items)
+        return [batch.to_event(item, tenant=admitted.tenant, source=admitted.source, content_type=ITEM_CONTENT_TYPE)
+                for item in items]
 
 
 def _event(delivery: Delivery, admitted: Admitted) -> IncomingEvent:

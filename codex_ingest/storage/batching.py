@@ -23,8 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 from codex_ingest.errors import DatabaseUnavailable, IngestError
 from codex_ingest.events import IncomingEvent, StoreResult
@@ -32,11 +32,19 @@ from codex_ingest.storage.store import EventStore
 
 log = logging.getLogger("codex_ingest.batching")
 
+_T = TypeVar("_T")
+
 
 class EventWriter(Protocol):
-    """What the ingest handler calls: store one event, answer when committed."""
+    """What the ingest handlers call: store events, answer when committed."""
 
-    async def submit(self, event: IncomingEvent) -> StoreResult: ...
+    async def submit(self, event: IncomingEvent) -> StoreResult:
+        """One event, answered after the commit that stored it (or found it stored)."""
+        ...
+
+    async def submit_many(self, events: Sequence[IncomingEvent]) -> list[StoreResult | IngestError]:
+        """A request's own batch, written at once: a result or an error per event, in order."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -49,31 +57,30 @@ def _timed_out(timeout: float, retry_after: int) -> DatabaseUnavailable:
     )
 
 
-class DirectWriter:
-    """Batching off: one INSERT per request, for comparison and as a fallback.
+class ShieldedWrites:
+    """Writes that run in tasks of their own, shielded from their requests.
 
-    The write runs in a task of its own, shielded from the request: a
-    request cancelled mid-write (its client went away with
+    A request cancelled mid-write (its client went away with
     handler_cancellation on, or the shutdown grace ran out) does not cancel
-    a statement that may be committing. ``close`` waits for such writes.
+    a statement that may be committing; each write is bounded by
+    ``timeout`` (DB_WRITE_TIMEOUT), and ``close`` waits for those in flight.
     """
 
-    def __init__(self, store: EventStore, *, timeout: float, retry_after: int) -> None:
-        self._store = store
+    def __init__(self, *, timeout: float, retry_after: int) -> None:
         self._timeout = timeout
         self._retry_after = retry_after
-        self._in_flight: set[asyncio.Task[StoreResult]] = set()
+        self._in_flight: set[asyncio.Task[Any]] = set()
 
-    async def submit(self, event: IncomingEvent) -> StoreResult:
-        task = asyncio.get_running_loop().create_task(self._write(event))
+    async def run(self, write: Awaitable[_T]) -> _T:
+        task = asyncio.get_running_loop().create_task(self._bounded(write))
         self._in_flight.add(task)
         task.add_done_callback(_forget(self._in_flight))
         return await asyncio.shield(task)
 
-    async def _write(self, event: IncomingEvent) -> StoreResult:
+    async def _bounded(self, write: Awaitable[_T]) -> _T:
         try:
             async with asyncio.timeout(self._timeout):
-                return await self._store.store_event(event)
+                return await write
         except TimeoutError:
             raise _timed_out(self._timeout, self._retry_after) from None
 
@@ -82,8 +89,25 @@ class DirectWriter:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
 
 
-def _forget(tasks: set[asyncio.Task[StoreResult]]) -> Callable[[asyncio.Task[StoreResult]], None]:
-    def done(task: asyncio.Task[StoreResult]) -> None:
+class DirectWriter:
+    """Batching off: one INSERT per request, for comparison and as a fallback."""
+
+    def __init__(self, store: EventStore, *, timeout: float, retry_after: int) -> None:
+        self._store = store
+        self._writes = ShieldedWrites(timeout=timeout, retry_after=retry_after)
+
+    async def submit(self, event: IncomingEvent) -> StoreResult:
+        return await self._writes.run(self._store.store_event(event))
+
+    async def submit_many(self, events: Sequence[IncomingEvent]) -> list[StoreResult | IngestError]:
+        return await self._writes.run(self._store.store_batch(events))
+
+    async def close(self) -> None:
+        await self._writes.close()
+
+
+def _forget(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
+    def done(task: asyncio.Task[Any]) -> None:
         tasks.discard(task)
         if not task.cancelled():
             task.exception()  # retrieved: a write nobody awaits any more must not log "never retrieved"
@@ -117,6 +141,8 @@ class BatchWriter:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._closing = False
         self._loop_task = asyncio.get_running_loop().create_task(self._cut_batches())
+        # A request's own batch (the batch endpoint) is already a batch: written at once.
+        self._own_batches = ShieldedWrites(timeout=timeout, retry_after=retry_after)
 
     async def submit(self, event: IncomingEvent) -> StoreResult:
         if self._closing:
@@ -140,6 +166,11 @@ class BatchWriter:
         if not future.done():
             future.set_exception(_timed_out(self._timeout, self._retry_after))
 
+    async def submit_many(self, events: Sequence[IncomingEvent]) -> list[StoreResult | IngestError]:
+        if self._closing:
+            raise DatabaseUnavailable("the service is shutting down", retry_after=self._retry_after)
+        return await self._own_batches.run(self._store.store_batch(events))
+
     async def close(self) -> None:
         """Write what is pending, wait for batches in flight, then stop."""
         self._closing = True
@@ -148,6 +179,7 @@ class BatchWriter:
         await self._loop_task
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
+        await self._own_batches.close()
 
     async def _cut_batches(self) -> None:
         while True:

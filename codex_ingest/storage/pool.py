@@ -87,4 +87,5 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
         command_timeout=settings.db_command_timeout,
         server_settings=SERVER_SETTINGS,
         connection_class=StatelessConnection,
+        statement_cache_size=settings.db_statement_cache_size,
     )

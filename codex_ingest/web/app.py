@@ -45,7 +45,9 @@ def create_app(settings: Settings, *, queries: Queries | None = None, clock: Clo
     http_metrics = HttpMetrics(registry, label_remote=settings.metrics_remote_label)
     app = web.Application(
         middlewares=[request_id, http_metrics.middleware, errors_as_json],
-        client_max_size=settings.max_body_bytes,
+        # Each route enforces its own limit while reading (web/body.py); this
+        # is aiohttp's own backstop, the largest of them.
+        client_max_size=max(settings.max_body_bytes, settings.max_batch_bytes),
         # Compressed bodies are refused (intake.checks.check_content_encoding);
         # aiohttp must not inflate them while they arrive either.
         handler_args={"auto_decompress": False},
@@ -74,8 +76,9 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     watch = None
     if keys.READ_AUTH in app:
         # Readers wait at the head on this worker's listener; new commits wake them.
-        watch = HeadWatch(settings.database_url, app[keys.QUERIES].sql("notify_readers"),
-                          connect_timeout=settings.db_connect_timeout)
+        # LISTEN needs a session: LISTEN_DATABASE_URL bypasses a transaction pooler.
+        watch = HeadWatch(settings.listen_database_url or settings.database_url,
+                          app[keys.QUERIES].sql("notify_readers"), connect_timeout=settings.db_connect_timeout)
         await watch.start()
         app[keys.HEAD_WATCH] = watch
         app[keys.METRICS].watch_readers(lambda: watch.waiting)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 from aiohttp.web_urldispatcher import _default_expect_handler as _aiohttp_expect_handler
 
 from codex_ingest.errors import PayloadTooLarge, RequestTimeout
@@ -19,33 +19,45 @@ async def read_body(request: web.Request, max_bytes: int, timeout: float | None 
     declared = request.content_length
     if declared is not None and declared > max_bytes:
         raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {max_bytes}")
+    content = request.content
+    if content.is_eof() and declared is not None:
+        # Usually the whole body came with the headers: its size is known and
+        # within the limit, so take the buffered bytes as they are, without a
+        # timer or request.read()'s copying loop.
+        return content.read_nowait()
     try:
-        # client_max_size on the Application enforces the same limit while
-        # reading, which also covers chunked bodies with no Content-Length.
-        content = request.content
-        if content.is_eof():
-            # Usually the whole body came with the headers: no timer needed.
-            if declared is not None:
-                # Its size is known and within the limit: take the buffered
-                # bytes as they are, without request.read()'s copying loop.
-                return content.read_nowait()
-            return await request.read()
-        if timeout is None:
-            return await request.read()
         async with asyncio.timeout(timeout):
-            return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(f"the body is larger than the limit of {max_bytes} bytes") from None
+            return await _read_within(content, max_bytes)
     except TimeoutError:
         raise RequestTimeout(f"the body did not arrive within {timeout:g} s") from None
 
 
+async def _read_within(content: StreamReader, max_bytes: int) -> bytes:
+    """Read to the end, refusing (413) as soon as more than ``max_bytes`` came:
+    a chunked body announces no size, and the app's client_max_size is the
+    largest of the routes' limits, not this route's."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await content.readany():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"the body is larger than the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def body_limit(request: web.Request) -> int:
+    """This route's largest body: MAX_BATCH_BYTES for a batch, else MAX_BODY_BYTES."""
+    settings = request.app[SETTINGS]
+    return settings.max_batch_bytes if request.path.endswith("/batch") else settings.max_body_bytes
+
+
 async def continue_within_limit(request: web.Request) -> web.StreamResponse | None:
-    """``Expect: 100-continue`` on the ingest route: invite the body only when
-    its declared size is within MAX_BODY_BYTES. A larger one is answered 413
-    at once, without ``100 Continue``, so the client never sends it; the
+    """``Expect: 100-continue`` on the ingest routes: invite the body only when
+    its declared size is within the route's limit. A larger one is answered
+    413 at once, without ``100 Continue``, so the client never sends it; the
     connection is then closed, since the body was not read."""
-    limit = request.app[SETTINGS].max_body_bytes
+    limit = body_limit(request)
     declared = request.content_length
     if declared is not None and declared > limit and request.headers.get("Expect", "").lower() == "100-continue":
         response = error_response(413, PayloadTooLarge.code, f"the body is {declared} bytes; the limit is {limit}")

@@ -7,6 +7,7 @@ from aiohttp_prometheus_exporter.handler import metrics as metrics_handler
 
 from codex_ingest.telemetry.metrics import scrape_registry
 from codex_ingest.web.appkeys import METRICS, READ_AUTH
+from codex_ingest.web.batch import ingest_batch
 from codex_ingest.web.body import continue_within_limit
 from codex_ingest.web.ingest import ingest
 from codex_ingest.web.openapi import openapi_document
@@ -16,6 +17,7 @@ from codex_ingest.web.read import read_events
 
 def setup_routes(app: web.Application) -> None:
     app.router.add_post("/pos/{source}/ingest", ingest, expect_handler=continue_within_limit)
+    app.router.add_post("/pos/{source}/ingest/batch", ingest_batch, expect_handler=continue_within_limit)
     app.router.add_get("/healthz", healthz, allow_head=True)
     app.router.add_get("/readyz", readyz, allow_head=True)
     # The exporter's handler serves this process's series, or every worker's.

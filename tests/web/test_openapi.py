@@ -15,7 +15,7 @@ import schemathesis
 from openapi_spec_validator import OpenAPIV31SpecValidator
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 from hypothesis import HealthCheck, settings
-from schemathesis.specs.openapi.checks import positive_data_acceptance
+from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
 from codex_ingest.settings import ReadToken, Settings
 from codex_ingest.web.app import create_app
@@ -25,6 +25,7 @@ from tests.live import Live
 DOCUMENT = json.loads(resources.files("codex_ingest.web").joinpath("openapi.json").read_text())
 schema = schemathesis.openapi.from_dict(DOCUMENT)
 INGEST = ("POST", "/pos/{source}/ingest")
+BATCH = ("POST", "/pos/{source}/ingest/batch")
 READ = ("GET", "/events")
 STATUSES: Counter[int] = Counter()
 
@@ -43,11 +44,13 @@ def before_call(context: schemathesis.HookContext, case: schemathesis.Case, kwar
         if case.query and isinstance(case.query.get("wait"), (int, float)) and case.query["wait"] > 0.2:
             case.query["wait"] = 0.2
         return
-    if (case.method.upper(), case.path) != INGEST:
+    if (case.method.upper(), case.path) not in (INGEST, BATCH):
         return
     body = case.body
     if isinstance(body, bytes):
         raw = body
+    elif isinstance(body, str):  # an NDJSON batch
+        raw = body.encode()
     elif type(body).__name__ == "NotSet":
         raw = b""
     else:
@@ -57,6 +60,12 @@ def before_call(context: schemathesis.HookContext, case: schemathesis.Case, kwar
     for name in list(headers):
         if name.lower() == "x-signature":
             headers[name] = sign(raw)
+
+
+@schemathesis.serializer("application/x-ndjson")
+def ndjson(context: Any, value: Any) -> dict[str, Any]:
+    """Batches as NDJSON: the generated text as the body (before_call signs those bytes)."""
+    return {"data": value.encode() if isinstance(value, str) else bytes(value)}
 
 
 @schemathesis.hook
@@ -106,7 +115,13 @@ def test_served_document_is_the_file(live: Live) -> None:
 @schema.parametrize()
 @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api(case: schemathesis.Case, live: Live) -> None:
-    response = case.call_and_validate(base_url=live.url, excluded_checks=[positive_data_acceptance])
+    excluded = [positive_data_acceptance]
+    if (case.method.upper(), case.path) == BATCH:
+        # A batch with items that are not events is still answered 200, those
+        # items "invalid" and the others stored: the contract, which a schema
+        # for the body cannot express (and an NDJSON body is any text).
+        excluded.append(negative_data_rejection)
+    response = case.call_and_validate(base_url=live.url, excluded_checks=excluded)
     assert response.status_code < 500
 
 
