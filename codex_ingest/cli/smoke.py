@@ -1,0 +1,227 @@
+"""``codex-ingest smoke``: check a running service from the outside.
+
+Six steps over HTTP(S), with urllib and prometheus_client's parser: /healthz 200,
+/readyz 200, a signed event 201, the same event again 200 with the same
+event_id and ``Idempotent-Replayed: true``, a wrong signature 401, and
+/metrics parsing as Prometheus text with ``codex_ingest_events_total`` (read
+last, so the counter has samples even on a fresh service). One line per
+step, then a verdict; exit 0 only when every step passed, else 1.
+
+The event goes to its own tenant and source with a new Idempotency-Key each
+run, so the check can run against production: each run stores one small
+event under (``smoke-check``, ``smoke``, ``smoke-<random>``) and nothing
+else. The secret is never printed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.client
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from email.message import Message
+from typing import Any, TextIO
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from codex_ingest.cli.common import EXIT_CONFIG, EXIT_FAILURE
+from codex_ingest.intake.checks import SOURCE_PATTERN, TENANT_PATTERN
+
+DEFAULT_TENANT = "smoke-check"
+DEFAULT_SOURCE = "smoke"
+DEFAULT_TIMEOUT = 5.0
+EVENTS_COUNTER = "codex_ingest_events_total"
+
+
+class Unreachable(Exception):
+    """The service gave no HTTP answer: refused, timed out, reset, not HTTP."""
+
+
+class StepFailed(Exception):
+    """The service answered, but not as the contract says."""
+
+
+class NotRun(StepFailed):
+    """A step that could not be tried, because one before it failed."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: Message
+    body: bytes
+
+    def json(self) -> dict[str, Any]:
+        try:
+            doc = json.loads(self.body)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict):
+            raise StepFailed(f"{self.status}, body is not a JSON object")
+        return doc
+
+
+@dataclass
+class Check:
+    url: str
+    secret: bytes
+    tenant: str
+    source: str
+    timeout: float
+    key: str = ""
+    body: bytes = b""
+    event_id: int | None = None
+
+    def request(self, path: str, body: bytes | None = None, headers: Mapping[str, str] | None = None) -> Answer:
+        request = urllib.request.Request(self.url + path, data=body, headers=dict(headers or {}),
+                                         method="GET" if body is None else "POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as resp:
+                return Answer(resp.status, resp.headers, resp.read())
+        except urllib.error.HTTPError as err:  # 4xx and 5xx are answers too
+            with err:
+                return Answer(err.code, err.headers, err.read())
+        except urllib.error.URLError as err:
+            raise Unreachable(_transport(err.reason, self.timeout)) from None
+        except (OSError, http.client.HTTPException) as err:
+            raise Unreachable(_transport(err, self.timeout)) from None
+
+    def post_event(self, body: bytes, signature: str) -> Answer:
+        return self.request(f"/pos/{self.source}/ingest", body, {
+            "Content-Type": "application/json",
+            "X-Tenant-Id": self.tenant,
+            "Idempotency-Key": self.key,
+            "X-Signature": signature,
+        })
+
+    def sign(self, body: bytes) -> str:
+        return "sha256=" + hmac.new(self.secret, body, hashlib.sha256).hexdigest()
+
+    # -- the steps, in order; each returns its detail or raises ---------------
+
+    def healthz(self) -> str:
+        return self.probe("/healthz")
+
+    def readyz(self) -> str:
+        return self.probe("/readyz")
+
+    def probe(self, path: str) -> str:
+        answer = self.request(path)
+        _expect(answer, 200)
+        return f"200 {answer.json().get('status')}"
+
+    def event(self) -> str:
+        self.key = f"smoke-{uuid.uuid4().hex}"
+        self.body = json.dumps({"type": "smoke.check", "id": self.key, "sent_at": time.time()}).encode()
+        answer = self.post_event(self.body, self.sign(self.body))
+        _expect(answer, 201)
+        event_id = answer.json().get("event_id")
+        if not isinstance(event_id, int):
+            raise StepFailed("201 without an event_id")
+        self.event_id = event_id
+        return f"201 accepted, event_id {event_id} (tenant {self.tenant}, source {self.source}, key {self.key})"
+
+    def replay(self) -> str:
+        if self.event_id is None:
+            raise NotRun("not run: the event step stored no event")
+        answer = self.post_event(self.body, self.sign(self.body))
+        _expect(answer, 200)
+        event_id = answer.json().get("event_id")
+        if event_id != self.event_id:
+            raise StepFailed(f"200 with event_id {event_id}, expected {self.event_id}")
+        replayed = answer.headers.get("Idempotent-Replayed")
+        if replayed != "true":
+            raise StepFailed(f"200 with Idempotent-Replayed: {replayed}, expected true")
+        return f"200 duplicate, same event_id {event_id}, Idempotent-Replayed: true"
+
+    def bad_signature(self) -> str:
+        body = json.dumps({"type": "smoke.check", "id": f"{self.key}-unsigned"}).encode()
+        answer = self.post_event(body, "sha256=" + "0" * 64)
+        _expect(answer, 401)
+        return f"401 {answer.json().get('error')}"
+
+    def metrics(self) -> str:
+        answer = self.request("/metrics")
+        _expect(answer, 200)
+        try:
+            samples = [s for family in text_string_to_metric_families(answer.body.decode())
+                       for s in family.samples if s.name == EVENTS_COUNTER]
+        except ValueError as exc:
+            raise StepFailed(f"not Prometheus text: {exc}") from None
+        if not samples:
+            raise StepFailed(f"parsed, but no {EVENTS_COUNTER}")
+        return f"parsed, {EVENTS_COUNTER}: {len(samples)} series"
+
+
+def _expect(answer: Answer, status: int) -> None:
+    if answer.status != status:
+        try:
+            doc = answer.json()
+            said = f" {doc.get('error') or doc.get('status') or ''}".rstrip()
+        except StepFailed:
+            said = ""
+        raise StepFailed(f"{answer.status}{said}, expected {status}")
+
+
+def _transport(reason: object, timeout: float) -> str:
+    if isinstance(reason, TimeoutError):
+        return f"no answer within {timeout:g} s"
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(reason, BaseException):
+        return f"{reason.__class__.__name__}: {reason}"
+    return str(reason)
+
+
+def smoke(url: str, secret: str, *, tenant: str = DEFAULT_TENANT, source: str = DEFAULT_SOURCE,
+          timeout: float = DEFAULT_TIMEOUT, out: TextIO = sys.stdout) -> int:
+    """Run every step against ``url``; print one line each and a verdict.
+    0: every step passed; 1: one failed; 2: a bad argument (one line on stderr)."""
+    problem = (
+        "--url must start with http:// or https://" if not url.startswith(("http://", "https://"))
+        else f"--source must match {SOURCE_PATTERN.pattern}" if SOURCE_PATTERN.fullmatch(source) is None
+        else f"--tenant must match {TENANT_PATTERN.pattern}" if TENANT_PATTERN.fullmatch(tenant) is None
+        else f"--timeout must be a positive number of seconds, not {timeout:g}" if not timeout > 0
+        else "--secret or WEBHOOK_SECRET is required" if not secret
+        else None
+    )
+    if problem is not None:
+        print(f"codex-ingest smoke: error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    check = Check(url.rstrip("/"), secret.encode(), tenant, source, timeout)
+    steps: dict[str, Callable[[], str]] = {
+        "healthz": check.healthz, "readyz": check.readyz, "event": check.event,
+        "replay": check.replay, "bad-signature": check.bad_signature, "metrics": check.metrics,
+    }
+    failed: list[str] = []
+    not_run: list[str] = []
+    unreachable = False
+    for name, step in steps.items():
+        try:
+            if unreachable:
+                raise NotRun("not run: the service did not answer")
+            ok, detail = True, step()
+        except NotRun as exc:
+            ok, detail = False, str(exc)
+            not_run.append(name)
+        except StepFailed as exc:
+            ok, detail = False, str(exc)
+            failed.append(name)
+        except Unreachable as exc:
+            ok, detail, unreachable = False, f"{exc} ({check.url})", True
+            failed.append(name)
+        print(f"{name:<14} {'ok' if ok else 'FAIL':<4}  {detail}", file=out, flush=True)
+    passed = len(steps) - len(failed) - len(not_run)
+    if passed < len(steps):
+        print(f"FAIL: {passed}/{len(steps)} steps passed; failed: {', '.join(failed)}"
+              + (f"; not run: {', '.join(not_run)}" if not_run else ""), file=out)
+        return EXIT_FAILURE
+    print(f"PASS: {len(steps)}/{len(steps)} steps passed against {check.url}", file=out)
+    return 0
