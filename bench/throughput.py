@@ -167,10 +167,14 @@ def write_plan_file(plan, path: Path) -> None:
             out.write(item.body + b"\n")
 
 
-def drive_with_wrk(port: int, plan, tenant: str, connections: int, seconds: int, workdir: Path) -> dict:
+def drive_with_wrk(port: int, plan, tenant: str, connections: int, seconds: int, workdir: Path,
+                   before_start=None) -> dict:
+    """``before_start``, when given, is called once the plan file is written, right before wrk starts."""
     plan_file = workdir / f"plan-{tenant}.tsv"
     write_plan_file(plan, plan_file)
     env = {**os.environ, "PLAN_FILE": str(plan_file), "PLAN_TENANT": tenant, "PLAN_PATH": f"/pos/{SOURCE}/ingest"}
+    if before_start is not None:
+        before_start()
     result = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
          "-s", str(HERE / "wrk_plan.lua"), f"http://127.0.0.1:{port}"],
@@ -274,8 +278,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting for the service, e.g. DB_POOL_MAX=4 (repeatable)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "throughput.json")
-    parser.add_argument("--png", type=Path, default=HERE / "results" / "throughput.png")
+    parser.add_argument("--png", type=Path, default=None,
+                        help="also draw the figures here (needs matplotlib: pip install -e '.[bench]')")
     args = parser.parse_args(argv)
+    if args.png is not None:
+        try:  # before a run of minutes, not after it
+            import matplotlib  # noqa: F401
+        except ImportError:
+            parser.error("--png needs matplotlib: pip install -e '.[bench]'")
     connections = [int(c) for c in args.connections.split(",")]
     workers_list = [int(w) for w in args.workers.split(",")]
     batching_list = [b.strip() == "on" for b in args.batching.split(",")]
@@ -321,8 +331,9 @@ def main(argv: list[str] | None = None) -> int:
         print(orjson.dumps({k: v for k, v in point.items() if k != "runs"}).decode(), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(orjson.dumps(points, option=orjson.OPT_INDENT_2) + b"\n")
-    plot(points, args.png)
-    log(f"wrote {args.out} and {args.png}")
+    if args.png is not None:
+        plot(points, args.png)
+    log(f"wrote {args.out}" + (f" and {args.png}" if args.png is not None else ""))
     bad = [p for p in points if not p["rows_ok"] or p["other_answers"]]
     if bad:
         log(f"FAIL: rows stored differ from distinct events sent, or unexpected answers, at {len(bad)} point(s)")
