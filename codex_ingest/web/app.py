@@ -28,7 +28,7 @@ from codex_ingest.telemetry.metrics import ServiceMetrics
 from codex_ingest.web import appkeys as keys
 from codex_ingest.web.auth import ReadAuth
 from codex_ingest.web.background import background_jobs
-from codex_ingest.web.middleware import errors_as_json, request_id, response_headers
+from codex_ingest.web.middleware import response_headers, service_middleware
 from codex_ingest.web.routes import setup_routes
 
 log = logging.getLogger("codex_ingest")
@@ -44,7 +44,7 @@ def create_app(settings: Settings, *, queries: Queries | None = None, clock: Clo
     registry = CollectorRegistry(auto_describe=True)
     http_metrics = HttpMetrics(registry, label_remote=settings.metrics_remote_label)
     app = web.Application(
-        middlewares=[request_id, http_metrics.middleware, errors_as_json],
+        middlewares=[service_middleware(http_metrics)],
         # Each route enforces its own limit while reading (web/body.py); this
         # is aiohttp's own backstop, the largest of them.
         client_max_size=max(settings.max_body_bytes, settings.max_batch_bytes),
