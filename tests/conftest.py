@@ -32,6 +32,16 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
+def own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pg.EmbeddedServer]:
+    """A PostgreSQL server of the test's own, to stop, fill or reconfigure without disturbing any other test."""
+    server = pg.start_embedded_server(tmp_path_factory.mktemp("own-pg"))
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
 def new_database(pg_admin_url: str) -> Iterator[Callable[[], str]]:
     """Factory: a fresh, empty database on the session's server; dropped after the test."""
     created: list[str] = []

@@ -41,5 +41,5 @@ def test_a_bad_token_list_is_one_line_that_never_echoes_a_token(value) -> None:
 
 @pytest.mark.parametrize("value", ["7", "1w", "-1d", "0s", "soon"])
 def test_a_bad_retention_is_one_line(value) -> None:
-    with pytest.raises(ConfigError, match="^RETENTION must"):
+    with pytest.raises(ConfigError, match=r"^RETENTION must"):
         load_settings(SERVE_OPTIONS, {}, {**BASE, "RETENTION": value})

@@ -10,12 +10,10 @@ import socket
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import asyncpg
-import pytest
 from aiohttp.test_utils import TestClient
 
 from bench.faults import Service
@@ -41,15 +39,6 @@ def secret_forms(secret: str) -> list[str]:
         base64.urlsafe_b64encode(raw).decode().rstrip("="),
         urllib.parse.quote(secret, safe=""),
     ]
-
-
-@pytest.fixture
-def own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pg.EmbeddedServer]:
-    server = pg.start_embedded_server(tmp_path_factory.mktemp("security"))
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def with_password(url: str, password: str) -> str:

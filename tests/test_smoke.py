@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import socket
 import subprocess
-from collections.abc import Iterator
 
 import psycopg
-import pytest
 
 from bench.local import free_port
 from codex_ingest.storage import migrations
@@ -108,16 +106,6 @@ def test_missing_secret_is_a_usage_error() -> None:
     result = smoke("http://127.0.0.1:1", secret=None)
     assert result.returncode == 2
     assert result.stderr.strip() == "codex-ingest smoke: error: --secret or WEBHOOK_SECRET is required"
-
-
-@pytest.fixture
-def own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pg.EmbeddedServer]:
-    """A PostgreSQL server of this test's own, so stopping it disturbs no other test."""
-    server = pg.start_embedded_server(tmp_path_factory.mktemp("smoke-outage"))
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def test_service_whose_database_is_down_fails_at_readyz_and_event(own_server: pg.EmbeddedServer) -> None:

@@ -29,16 +29,6 @@ RECOVERY_BOUND = 5.0
 POSTGRES_SYSTEM_USER = "embedded_postgres"  # who the embedded server runs as when we are root
 
 
-@pytest.fixture
-def own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pg.EmbeddedServer]:
-    """A server of this test's own: ALTER SYSTEM changes the whole server."""
-    server = pg.start_embedded_server(tmp_path_factory.mktemp("readonly"))
-    try:
-        yield server
-    finally:
-        server.close()
-
-
 def service_settings(url: str, batching: bool) -> Settings:
     return Settings(
         webhook_secret=SECRET, database_url=url, db_pool_min=1, db_pool_max=2,

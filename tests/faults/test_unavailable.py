@@ -5,7 +5,6 @@ within 5 s of the database being back."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import asyncpg
 import pytest
@@ -14,21 +13,10 @@ from bench.faults import SignedLoad, status_counts, stored_copies, verdict
 from codex_ingest.settings import Settings
 from codex_ingest.storage import migrations
 from codex_ingest.web.app import create_app
-from tests import pg
 from tests.faults.harness import key_held, resend_settles, until
 from tests.helpers import SECRET, headers
 
 URL = "/pos/toast/ingest"
-
-
-@pytest.fixture
-def own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pg.EmbeddedServer]:
-    """A server of this test's own, so stopping it disturbs no other test."""
-    server = pg.start_embedded_server(tmp_path_factory.mktemp("outage"))
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 async def test_database_stopped_mid_test_gives_503_then_recovers(aiohttp_client, own_server) -> None:
