@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,9 +170,10 @@ async def test_failover_to_an_asynchronous_standby_doubles_nothing_and_reports_w
     assert await asyncio.to_thread(service.terminate) == 0
 
 
-async def test_switchover_while_no_host_is_writable_answers_503(start_pair, make_service) -> None:
-    """A planned switchover: the primary is demoted to read-only (still up, still streaming), then the
-    standby is promoted. In between both servers answer and neither is writable."""
+@asynccontextmanager
+async def synchronous_pair_under_load(start_pair, make_service) -> AsyncIterator[tuple[ReplicaPair, SignedLoad]]:
+    """A synchronous pair, a 1-worker service on its multi-host URL, and signed load that has had
+    100 events acknowledged; the load stops when the block ends."""
     pair = await asyncio.to_thread(start_pair, True)
     service = make_service(pair.multi_host_url(), 1)
     await asyncio.to_thread(service.start)
@@ -180,17 +182,24 @@ async def test_switchover_while_no_host_is_writable_answers_503(start_pair, make
     sender = asyncio.create_task(load.run(stop))
     guard = asyncio.create_task(watchdog(load, stop, seconds=60, max_requests=100_000))
     try:
-        await until(lambda: len(load.acknowledged) >= 100, "acknowledgements before the switchover")
+        await until(lambda: len(load.acknowledged) >= 100, "acknowledgements before the fault")
+        yield pair, load
+    finally:
+        stop.set()
+        await sender
+        await guard
+
+
+async def test_switchover_while_no_host_is_writable_answers_503(start_pair, make_service) -> None:
+    """A planned switchover: the primary is demoted to read-only (still up, still streaming), then the
+    standby is promoted. In between both servers answer and neither is writable."""
+    async with synchronous_pair_under_load(start_pair, make_service) as (pair, load):
         await asyncio.to_thread(pair.make_primary_read_only)
         demoted = time.monotonic()
         await asyncio.sleep(OUTAGE)
         promoting = time.monotonic()
         await asyncio.to_thread(pair.promote)
         await until(lambda: first_2xx_after(load.answers, promoting) is not None, "a 2xx from the new primary", 40)
-    finally:
-        stop.set()
-        await sender
-        await guard
     copies = await stored_copies(pair.standby.url(), load.tenant)
     assert verdict(load, copies)["lost"] == 0 and set(copies.values()) == {1}
     # Before the demotion's reload reached every session, a request may still have been answered 201.
@@ -200,23 +209,11 @@ async def test_switchover_while_no_host_is_writable_answers_503(start_pair, make
 
 async def test_failover_from_a_primary_that_stops_answering(start_pair, make_service) -> None:
     """The primary hangs (SIGSTOP to its whole tree) instead of dying; the standby is promoted."""
-    pair = await asyncio.to_thread(start_pair, True)
-    service = make_service(pair.multi_host_url(), 1)
-    await asyncio.to_thread(service.start)
-    load = SignedLoad(service.base_url + INGEST, secret=SECRET, concurrency=4, timeout=30)
-    stop = asyncio.Event()
-    sender = asyncio.create_task(load.run(stop))
-    guard = asyncio.create_task(watchdog(load, stop, seconds=60, max_requests=100_000))
-    try:
-        await until(lambda: len(load.acknowledged) >= 100, "acknowledgements before the freeze")
+    async with synchronous_pair_under_load(start_pair, make_service) as (pair, load):
         await asyncio.to_thread(pair.freeze_primary)
         frozen = time.monotonic()
         await asyncio.to_thread(pair.promote)
         await until(lambda: first_2xx_after(load.answers, frozen) is not None, "a 2xx from the new primary", 10)
-    finally:
-        stop.set()
-        await sender
-        await guard
     assert {a.status for a in load.answers} <= {201, 503}, status_counts(load.answers)
     copies = await stored_copies(pair.standby.url(), load.tenant)
     assert verdict(load, copies)["lost"] == 0 and set(copies.values()) == {1}
