@@ -9,7 +9,8 @@
   failover), 40 (serialization, deadlock), 53 (disk, memory, connections),
   55 (locks), 57 (shutdown, cancel), 58 (I/O) and XX (internal). Also for
   the misconfigurations an operator must fix (42501 permission denied,
-  42P01 undefined table: migrations not applied), logged as one error line:
+  42P01 undefined table: migrations not applied, 26000 a prepared statement
+  a transaction pooler lost), logged as one error line:
   the sender's retry succeeds once the operator has acted. A 4xx would tell
   a provider its event is bad, and many stop retrying.
 * **500** for anything else: a bug, left to surface with its traceback.
@@ -37,6 +38,7 @@ _SERVER_STATE_CLASSES = frozenset({"08", "25", "40", "53", "55", "57", "58", "XX
 _OPERATOR_STATES = {
     "42501": "the service's role lacks a privilege on the events table (grant it)",
     "42P01": "the events table does not exist (apply the migrations: codex-ingest migrate apply)",
+    "26000": "a prepared statement vanished: behind PgBouncer in transaction mode, set DB_STATEMENT_CACHE_SIZE=0",
 }
 READ_ONLY = "25006"
 

@@ -27,6 +27,7 @@ RULE = {
     "25006": (503, "database_unavailable"),  # read-only transaction: a demoted primary, a standby
     "42501": (503, "database_unavailable"),  # permission denied: a grant missing after a deploy
     "42P01": (503, "database_unavailable"),  # undefined table: migrations not applied
+    "26000": (503, "database_unavailable"),  # prepared statement gone: PgBouncer without DB_STATEMENT_CACHE_SIZE=0
     "XX000": (503, "database_unavailable"),  # internal error
     "XX001": (503, "database_unavailable"),  # data corrupted
     "53100": (503, "database_unavailable"),  # disk full
