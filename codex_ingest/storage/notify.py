@@ -2,11 +2,14 @@
 
 Each worker keeps one connection of its own (not from the pool: LISTEN is
 session state, and the pool's connections keep none) that LISTENs on
-``codex_events``. A writer that committed new events calls ``poke()``,
-which sends one ``NOTIFY`` (no payload) on that connection — after the
-commit, off the write path: a burst of batches coalesces into one NOTIFY in
-flight and one after it. Every worker's listener then wakes its waiting
-readers, and they re-read.
+``codex_events``. Each write whose transaction has ended calls ``poke()``
+(it may have committed new events, or released the delivery horizon that
+held others back: a batch of duplicates holds an xid too), which sends one
+``NOTIFY`` (no payload) on that connection — after the commit, off the
+write path: a burst of batches coalesces into one NOTIFY in flight and one
+after it. Every worker's listener then wakes its waiting readers, and they
+re-read. A reader marks the listener before each read, so a NOTIFY that
+arrives while its read runs wakes its next wait at once.
 
 A notification carries no data and may be lost (the connection drops, the
 process dies between a commit and its NOTIFY): that only delays a reader
@@ -58,9 +61,17 @@ class HeadWatch:
         """New events committed: have every worker's readers re-read (one NOTIFY, soon)."""
         self._poked.set()
 
-    async def wait(self, timeout: float) -> bool:
+    def mark(self) -> asyncio.Event:
+        """Take before reading: ``wait(since=mark)`` then returns at once if
+        events were committed while the read ran (no wake-up falls between a
+        read that found nothing and the wait that follows it)."""
+        return self._changed
+
+    async def wait(self, timeout: float, since: asyncio.Event | None = None) -> bool:
         """Wait until new events may be deliverable or ``timeout`` passes; True when woken."""
-        changed = self._changed
+        changed = since if since is not None else self._changed
+        if changed.is_set():
+            return True
         self.waiting += 1
         try:
             async with asyncio.timeout(timeout):

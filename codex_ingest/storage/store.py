@@ -60,9 +60,11 @@ class EventStore:
         acquire_timeout: float,
         retry_after: int,
         count_error: ErrorCounter | None = None,
-        on_stored: Callable[[], None] | None = None,
+        after_write: Callable[[], None] | None = None,
     ) -> None:
-        """``on_stored`` is called after a commit that stored new events (it wakes readers)."""
+        """``after_write`` is called when a write's transaction has ended, committed or not: it
+        may have stored new events, or released the delivery horizon that held others back
+        (it wakes waiting readers)."""
         self._pool = pool
         self._insert_one = queries.sql("insert_event")
         self._find_one = queries.sql("find_event")
@@ -72,7 +74,7 @@ class EventStore:
         self._acquire_timeout = acquire_timeout
         self._retry_after = retry_after
         self._count_error = count_error
-        self._on_stored = on_stored
+        self._after_write = after_write
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -99,12 +101,13 @@ class EventStore:
     # -- one event ------------------------------------------------------------
 
     async def store_event(self, event: IncomingEvent) -> StoreResult:
-        with self._translated():
-            async with self._connection() as conn:
-                result = await self._store_one(conn, event)
-        if result.outcome is Outcome.ACCEPTED and self._on_stored is not None:
-            self._on_stored()
-        return result
+        try:
+            with self._translated():
+                async with self._connection() as conn:
+                    return await self._store_one(conn, event)
+        finally:
+            if self._after_write is not None:
+                self._after_write()
 
     async def _store_one(self, conn: asyncpg.Connection, event: IncomingEvent) -> StoreResult:
         for _ in range(_MAX_ATTEMPTS):
@@ -145,15 +148,19 @@ class EventStore:
             leaders.setdefault(key_of(event), event)
         # Sorted by key: concurrent batches then lock index entries in one order.
         ordered = [leaders[k] for k in sorted(leaders)]
-        with self._translated():
-            async with self._connection() as conn:
-                try:
-                    settled: dict[Key, StoreResult | IngestError] = dict(await self._store_many(conn, ordered))
-                except Exception as exc:
-                    if not is_row_fault(exc):
-                        raise
-                    log.warning("batch rejected; storing its events one by one", extra={"error": describe(exc)})
-                    settled = await self._store_each(conn, ordered)
+        try:
+            with self._translated():
+                async with self._connection() as conn:
+                    try:
+                        settled: dict[Key, StoreResult | IngestError] = dict(await self._store_many(conn, ordered))
+                    except Exception as exc:
+                        if not is_row_fault(exc):
+                            raise
+                        log.warning("batch rejected; storing its events one by one", extra={"error": describe(exc)})
+                        settled = await self._store_each(conn, ordered)
+        finally:
+            if self._after_write is not None:
+                self._after_write()
         results: list[StoreResult | IngestError] = []
         for event in events:
             key = key_of(event)
@@ -162,10 +169,6 @@ class EventStore:
                 results.append(lead)
             else:
                 results.append(_compare(event, lead.event_id, lead.received_at, lead.stored_sha256))
-        if self._on_stored is not None and any(
-            isinstance(r, StoreResult) and r.outcome is Outcome.ACCEPTED for r in settled.values()
-        ):
-            self._on_stored()
         return results
 
     async def _store_many(self, conn: asyncpg.Connection, events: list[IncomingEvent]) -> dict[Key, StoreResult]:

@@ -88,7 +88,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         acquire_timeout=settings.db_connect_timeout,
         retry_after=settings.retry_after_seconds,
         count_error=app[keys.METRICS].count_db_error,
-        on_stored=watch.poke if watch is not None and settings.read_notify else None,
+        after_write=watch.poke if watch is not None and settings.read_notify else None,
     )
     app[keys.STORE] = store
     app[keys.EVENT_LOG] = EventLog(

@@ -78,14 +78,17 @@ async def read_events(request: web.Request) -> web.Response:
     wait = _wait(query.get("wait"))
 
     log = app[EVENT_LOG]
+    watch = app[HEAD_WATCH]
+    # Marked before each read: a commit announced while the read runs is not missed by the wait after it.
+    since = watch.mark()
     events = await log.page(tenant, source, after, limit)
     if not events and wait > 0:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        watch = app[HEAD_WATCH]
         while not events and (remaining := deadline - loop.time()) > 0:
             # Woken by a NOTIFY, or the time is up: read again either way.
-            await watch.wait(remaining)
+            await watch.wait(remaining, since)
+            since = watch.mark()
             events = await log.page(tenant, source, after, limit)
     app[METRICS].served(len(events))
     next_cursor = events[-1].cursor if events else (after or START)

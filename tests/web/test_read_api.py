@@ -209,3 +209,18 @@ async def test_a_purged_key_is_accepted_as_new(reader, db) -> None:
     again = await reader.post(INGEST, data=body, headers=headers(body, tenant="shop-a"))
     assert again.status == 201
     assert (await again.json())["event_id"] != (await first.json())["event_id"]
+
+
+async def test_a_notification_that_lands_while_a_reader_reads_wakes_its_next_wait_at_once() -> None:
+    # The reader marks the listener before reading; a wake-up between its read
+    # and its wait must not be lost (it would wait out its whole timeout).
+    from codex_ingest.storage.notify import HeadWatch
+
+    watch = HeadWatch("postgresql://unused@127.0.0.1:1/x", "NOTIFY codex_events", connect_timeout=1)
+    mark = watch.mark()
+    watch._wake()  # the listener's callback, as a NOTIFY arrives mid-read
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await watch.wait(5, since=mark) is True
+    assert loop.time() - started < 0.1
+    assert await watch.wait(0.05, since=watch.mark()) is False  # nothing new since: the timeout
