@@ -56,3 +56,10 @@ SELECT extract(epoch FROM now() - received_at)::float8 FROM events ORDER BY id L
 -- name: notify_readers
 -- Wakes every worker's waiting readers; no payload: they re-read.
 NOTIFY codex_events;
+
+-- name: delivery_horizon
+-- The delivery horizon now: the oldest transaction still running (text).
+-- While readers wait, each worker reads it once a second on its listener
+-- connection, and wakes them when it moves: an event held back by someone
+-- else's long transaction is then delivered when that transaction ends.
+SELECT pg_snapshot_xmin(pg_current_snapshot())::text;

@@ -11,10 +11,17 @@ after it. Every worker's listener then wakes its waiting readers, and they
 re-read. A reader marks the listener before each read, so a NOTIFY that
 arrives while its read runs wakes its next wait at once.
 
+A NOTIFY comes from the service's own writes. An event can also be held
+back by a transaction that is not the service's (an open BEGIN, a long
+migration, a purge chunk): nothing notifies when it ends. So while readers
+wait, the listener also reads the delivery horizon once a second (one small
+query per worker, only while someone waits, never per request) and wakes
+them when it has moved.
+
 A notification carries no data and may be lost (the connection drops, the
 process dies between a commit and its NOTIFY): that only delays a reader
-until the next notification or its own timeout, never loses an event,
-because readers always re-read the table.
+until the next notification, horizon check or its own timeout, never loses
+an event, because readers always re-read the table.
 """
 
 from __future__ import annotations
@@ -31,24 +38,30 @@ log = logging.getLogger("codex_ingest.notify")
 
 CHANNEL = "codex_events"
 _RECONNECT_SECONDS = 1.0
+HORIZON_CHECK_SECONDS = 1.0
 
 
 class HeadWatch:
     """One worker's listener and notifier; readers ``wait()`` for new events."""
 
-    def __init__(self, database_url: str, notify_sql: str, *, connect_timeout: float) -> None:
+    def __init__(self, database_url: str, notify_sql: str, *, connect_timeout: float, horizon_sql: str = "") -> None:
         self._url = database_url
         self._notify_sql = notify_sql
+        self._horizon_sql = horizon_sql
         self._connect_timeout = connect_timeout
         self._changed = asyncio.Event()
         self._conn: asyncpg.Connection | None = None
         self._poked = asyncio.Event()
+        # NOTIFY and the horizon check share the listener connection: one statement at a time.
+        self._statement = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self.waiting = 0  # readers waiting now (a gauge)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._keep_listening()), loop.create_task(self._send_notifies())]
+        if self._horizon_sql:
+            self._tasks.append(loop.create_task(self._watch_horizon()))
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -111,6 +124,24 @@ class HeadWatch:
                     conn.terminate()
             await asyncio.sleep(_RECONNECT_SECONDS)
 
+    async def _watch_horizon(self) -> None:
+        last: str | None = None
+        while True:
+            await asyncio.sleep(HORIZON_CHECK_SECONDS)
+            conn = self._conn
+            if not self.waiting or conn is None:
+                last = None
+                continue
+            try:
+                async with self._statement:
+                    horizon = await conn.fetchval(self._horizon_sql)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.debug("horizon check failed", extra={"error": exc.__class__.__name__})
+                continue
+            if last is not None and horizon != last:
+                self._wake()
+            last = horizon
+
     async def _send_notifies(self) -> None:
         while True:
             await self._poked.wait()
@@ -119,6 +150,7 @@ class HeadWatch:
             if conn is None:
                 continue  # no listener connection: readers fall back to their timeouts
             try:
-                await conn.execute(self._notify_sql)
+                async with self._statement:
+                    await conn.execute(self._notify_sql)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.debug("NOTIFY failed", extra={"error": exc.__class__.__name__})

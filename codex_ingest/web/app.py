@@ -78,7 +78,8 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         # Readers wait at the head on this worker's listener; new commits wake them.
         # LISTEN needs a session: LISTEN_DATABASE_URL bypasses a transaction pooler.
         watch = HeadWatch(settings.listen_database_url or settings.database_url,
-                          app[keys.QUERIES].sql("notify_readers"), connect_timeout=settings.db_connect_timeout)
+                          app[keys.QUERIES].sql("notify_readers"), connect_timeout=settings.db_connect_timeout,
+                          horizon_sql=app[keys.QUERIES].sql("delivery_horizon"))
         await watch.start()
         app[keys.HEAD_WATCH] = watch
         app[keys.METRICS].watch_readers(lambda: watch.waiting)

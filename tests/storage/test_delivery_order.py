@@ -180,3 +180,24 @@ async def test_delivery_order_is_numeric_when_transaction_ids_gain_a_digit(reade
     first, cursor = await page(reader, None, limit=1)
     second, _ = await page(reader, cursor, limit=1)
     assert [e["idempotency_key"] for e in first + second] == ["k-early", "k-late"]
+
+
+async def test_a_waiting_reader_gets_an_event_when_a_foreign_transaction_that_held_it_back_ends(reader, db, database_url) -> None:
+    # Nothing notifies when someone else's transaction ends: the listener's horizon check does.
+    _, cursor = await page(reader, None)
+    blocker = await asyncpg.connect(database_url)
+    try:
+        await blocker.execute("BEGIN")
+        await blocker.fetchval("SELECT pg_current_xact_id()")  # holds an xid: the horizon stops here
+        assert (await post(reader, 1)).status == 201
+        loop = asyncio.get_running_loop()
+        waiting = asyncio.create_task(page(reader, cursor, wait=15))
+        await asyncio.sleep(1.5)
+        assert not waiting.done(), "the event must wait behind the open transaction"
+        await blocker.execute("COMMIT")
+        ended = loop.time()
+        events, _ = await waiting
+        assert loop.time() - ended < 4, "delivered at the reader's timeout, not when the horizon moved"
+    finally:
+        await blocker.close()
+    assert [e["idempotency_key"] for e in events] == ["k-1"]
