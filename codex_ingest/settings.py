@@ -283,7 +283,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option("retention", "RETENTION", parse_duration,
            "delete events older than this, in the background (30s, 12h, 7d; default: keep everything)", "DURATION"),
     Option("read_notify", "READ_NOTIFY", _bool,
-           "after each committed batch, NOTIFY waiting readers so they answer at once (default on)", "BOOL"),
+           "after each write, NOTIFY waiting readers so they answer at once (default on)", "BOOL"),
     Option("db_statement_cache_size", "DB_STATEMENT_CACHE_SIZE", _non_negative_int,
            "prepared statements asyncpg caches per connection; 0 behind PgBouncer in transaction mode "
            "before 1.21 (default 100)", "N"),
