@@ -156,10 +156,12 @@ async def test_slowloris_crowd_does_not_slow_normal_requests_and_is_closed_at_th
 
     for kind, lifetimes in crowd.lifetimes.items():
         assert len(lifetimes) >= CROWD // 3, kind
-        # Closed by the deadline: not well before it (the server's loop clock
-        # is read once per iteration, so a busy loop fires a little early by
-        # the client's clock), and not long after.
-        assert min(lifetimes) >= DEADLINE - 0.5, (kind, min(lifetimes))
+        # Closed by the deadline: not well before it, and not long after. The
+        # client's clock starts when open_connection returns, which on a
+        # loaded machine can be most of a second after the server accepted
+        # (500 connections opening at once on 2 cores: 0.61 s was seen), so
+        # a lifetime may look that much shorter than the server's deadline.
+        assert min(lifetimes) >= DEADLINE - 1.0, (kind, min(lifetimes))
         assert max(lifetimes) < DEADLINE + 5, (kind, max(lifetimes))
     # An idle connection is closed silently; a started head or body gets 408 first.
     assert set(crowd.answers["idle"]) == {None}
