@@ -79,17 +79,39 @@ class Settings:
 
 @dataclass(frozen=True, slots=True)
 class Option:
-    """One setting: its environment variable, its flag and how to parse it."""
+    """One setting: its environment variable, its flag, how to parse it, and
+    how it is documented. ``--help``, ``docs/configuration.md`` and
+    ``.env.example`` are all rendered from these fields (cli/reference.py)."""
 
     attr: str
     env: str
     parse: Callable[[str], Any]
-    help: str
+    help: str  # one line, for --help
     metavar: str = "VALUE"
+    group: str = "Service"  # the heading it is listed under in the docs
+    doc: str = ""  # the longer meaning for the docs and .env.example; empty: help
+    default_text: str = ""  # the default in words, where Settings' own cannot say it
+    example: str = ""  # the value .env.example shows, commented out, when there is no default to show
 
     @property
     def flag(self) -> str:
         return "--" + self.attr.replace("_", "-")
+
+    @property
+    def meaning(self) -> str:
+        return self.doc or (self.help[:1].upper() + self.help[1:] + ".")
+
+    @property
+    def default(self) -> str:
+        """The default as the docs and --help show it, read from Settings itself so it cannot drift."""
+        if self.default_text:
+            return self.default_text
+        value = Settings.__dataclass_fields__[self.attr].default
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        return str(value)
 
 
 def _positive_int(text: str) -> int:
@@ -215,81 +237,154 @@ def _non_empty(text: str) -> str:
 # Options shared by every subcommand that talks to the database.
 DATABASE_OPTIONS: tuple[Option, ...] = (
     Option("database_url", "DATABASE_URL", _database_url,
-           "PostgreSQL URL; unset: start the embedded PostgreSQL in --data-dir", "URL"),
+           "PostgreSQL URL; unset: start the embedded PostgreSQL in --data-dir", "URL",
+           group="Database", default_text="unset: embedded",
+           example="postgresql://ingest:password@db.internal:5432/codex_ingest",
+           doc="PostgreSQL to store events in, `postgresql://user:pass@host:5432/db`. Unset: an embedded "
+               "PostgreSQL is started in `CODEX_DATA_DIR`. For failover, list every host with "
+               "`target_session_attrs=read-write`: "
+               "`postgresql://user:pass@db1:5432,db2:5432/db?target_session_attrs=read-write`."),
     Option("data_dir", "CODEX_DATA_DIR", Path,
-           "data directory of the embedded PostgreSQL (default .codex-ingest/pgdata)", "PATH"),
+           "data directory of the embedded PostgreSQL", "PATH",
+           group="Database",
+           doc="Data directory of the embedded PostgreSQL (only used without `DATABASE_URL`)."),
     Option("log_level", "LOG_LEVEL", _log_level,
-           "DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO)", "LEVEL"),
+           "DEBUG, INFO, WARNING, ERROR or CRITICAL", "LEVEL",
+           group="Logs and metrics",
+           doc="`DEBUG`, `INFO`, `WARNING`, `ERROR` or `CRITICAL`. Logs are JSON lines on stderr."),
 )
 
 SERVE_OPTIONS: tuple[Option, ...] = (
-    *DATABASE_OPTIONS,
     Option("webhook_secret", "WEBHOOK_SECRET", _secret,
-           "HMAC-SHA256 key that signs every webhook body (required)", "SECRET"),
-    Option("host", "HOST", _non_empty, "address to listen on (default 127.0.0.1)", "HOST"),
-    Option("port", "PORT", _port, "port to listen on (default 8080)", "PORT"),
+           "HMAC-SHA256 key that signs every webhook body", "SECRET",
+           group="Service", default_text="required", example="change-me",
+           doc="Key of the generic scheme: `X-Signature: sha256=<hex HMAC-SHA256 of the body>`. Required, "
+               "except with a sources file that sets `strict_sources = true`. Keep it out of shell history "
+               "and of flags (a flag shows in `ps`)."),
+    Option("sources", "CODEX_SOURCES", _path,
+           "TOML file declaring provider sources and their signature schemes", "PATH",
+           group="Service", default_text="none", example="sources.toml",
+           doc="TOML file declaring, per source, the provider's signature scheme (square, shopify, stripe, "
+               "standard-webhooks, toast, clover or hmac-sha256) and its secrets (`env:NAME` or literal): "
+               "see [providers.md](providers.md) and `sources.example.toml`. Unset: every source uses the "
+               "generic `X-Signature` scheme with `WEBHOOK_SECRET`."),
+    Option("host", "HOST", _non_empty, "address to listen on", "HOST", group="Service"),
+    Option("port", "PORT", _port, "port to listen on", "PORT", group="Service"),
+    Option("workers", "WORKERS", _positive_int,
+           "server processes sharing the port", "N",
+           group="Service", default_text="the number of CPU cores", example="2",
+           doc="Server processes sharing the port (SO_REUSEPORT), each with its own pool of up to "
+               "`DB_POOL_MAX` connections."),
+    Option("shutdown_grace_seconds", "SHUTDOWN_GRACE_SECONDS", _positive_float,
+           "after SIGTERM, seconds in-flight requests and batches get to finish before they are cancelled",
+           "SECONDS", group="Service",
+           doc="After SIGTERM listening stops at once, and requests and batches in flight get this many "
+               "seconds to finish and be answered before they are cancelled; then the pool is closed and the "
+               "process exits 0."),
+    *DATABASE_OPTIONS[:2],
     Option("db_pool_min", "DB_POOL_MIN", _non_negative_int,
-           "connections the pool keeps open (default 2)", "N"),
+           "connections the pool keeps open", "N", group="Database"),
     Option("db_pool_max", "DB_POOL_MAX", _positive_int,
-           "most connections the pool opens (default 8)", "N"),
+           "most connections the pool opens", "N", group="Database"),
     Option("db_connect_timeout", "DB_CONNECT_TIMEOUT", _positive_float,
-           "seconds to wait for a connection before answering 503 (default 5)", "SECONDS"),
+           "seconds to wait for a connection before answering 503", "SECONDS", group="Database"),
     Option("db_command_timeout", "DB_COMMAND_TIMEOUT", _positive_float,
-           "seconds one statement may run before answering 503 (default 5)", "SECONDS"),
+           "seconds one statement may run before answering 503", "SECONDS", group="Database"),
     Option("db_write_timeout", "DB_WRITE_TIMEOUT", _positive_float,
            "seconds a request waits for its event's write (queue, connection, statements, commit) "
-           "before answering 503 (default 10)", "SECONDS"),
-    Option("max_body_bytes", "MAX_BODY_BYTES", _positive_int,
-           "largest accepted body in bytes; larger is 413 (default 1048576)", "BYTES"),
-    Option("max_batch_bytes", "MAX_BATCH_BYTES", _positive_int,
-           "largest accepted body of POST /pos/{source}/ingest/batch in bytes; larger is 413 (default 8388608)", "BYTES"),
-    Option("batch_max_items", "BATCH_MAX_ITEMS", _positive_int,
-           "most events in one POST /pos/{source}/ingest/batch; more is 413 (default 1000)", "N"),
+           "before answering 503", "SECONDS",
+           group="Database",
+           doc="Seconds one request waits for its event's write in all: waiting for a batch, a connection, "
+               "the statements and the commit. Past it the request gets 503 with `Retry-After` and a batch "
+               "still in flight is cancelled (it commits as a whole or not at all; a retry is answered as a "
+               "duplicate if it committed)."),
     Option("retry_after_seconds", "RETRY_AFTER_SECONDS", _positive_int,
-           "Retry-After sent with 503 (default 5)", "SECONDS"),
-    Option("access_log", "ACCESS_LOG", _bool,
-           "log one JSON line per request (default off: it costs throughput)", "BOOL"),
-    Option("metrics_remote_label", "METRICS_REMOTE_LABEL", _bool,
-           "label HTTP metrics with the client address (default off: unbounded series)", "BOOL"),
-    Option("batching", "BATCHING", _bool,
-           "coalesce concurrent ingests into one INSERT per batch (default on)", "BOOL"),
-    Option("batch_max_rows", "BATCH_MAX_ROWS", _positive_int,
-           "most events in one batch (default 256)", "N"),
-    Option("batch_max_delay_ms", "BATCH_MAX_DELAY_MS", _non_negative_float,
-           "longest wait for a batch to fill, in ms; 0: write as soon as a batch slot is free (default 1)", "MS"),
-    Option("batch_max_in_flight", "BATCH_MAX_IN_FLIGHT", _positive_int,
-           "batches one worker writes at once, each on its own connection (default 2)", "N"),
-    Option("workers", "WORKERS", _positive_int,
-           "server processes sharing the port (default: the number of CPU cores)", "N"),
-    Option("sources", "CODEX_SOURCES", _path,
-           "TOML file declaring provider sources and their signature schemes (default: none)", "PATH"),
-    Option("header_read_timeout", "HEADER_READ_TIMEOUT", _positive_float,
-           "seconds a client gets to send a request's line and headers, else the connection is closed (default 10)",
-           "SECONDS"),
-    Option("body_read_timeout", "BODY_READ_TIMEOUT", _positive_float,
-           "seconds a client gets to send a request's body after its headers, else 408 (default 30)", "SECONDS"),
-    Option("keepalive_timeout", "KEEPALIVE_TIMEOUT", _positive_float,
-           "seconds an idle keep-alive connection stays open between requests (default 75)", "SECONDS"),
-    Option("rate_limit_per_sec", "RATE_LIMIT_PER_SEC", _non_negative_float,
-           "ingest requests per second per (tenant, source) in each process; 0: no limit (default 0)", "RATE"),
-    Option("rate_limit_burst", "RATE_LIMIT_BURST", _positive_int,
-           "requests a (tenant, source) may send at once before the rate applies (default 10)", "N"),
-    Option("shutdown_grace_seconds", "SHUTDOWN_GRACE_SECONDS", _positive_float,
-           "after SIGTERM, seconds in-flight requests and batches get to finish before they are "
-           "cancelled (default 10)", "SECONDS"),
-    Option("api_tokens", "CODEX_API_TOKENS", _api_tokens,
-           "read API bearer tokens and their tenants, token1=tenantA,tenantB;token2=* "
-           "(default: none, GET /events is off)", "TOKENS"),
-    Option("retention", "RETENTION", parse_duration,
-           "delete events older than this, in the background (30s, 12h, 7d; default: keep everything)", "DURATION"),
-    Option("read_notify", "READ_NOTIFY", _bool,
-           "after each write, NOTIFY waiting readers so they answer at once (default on)", "BOOL"),
+           "Retry-After sent with 503", "SECONDS", group="Database"),
     Option("db_statement_cache_size", "DB_STATEMENT_CACHE_SIZE", _non_negative_int,
            "prepared statements asyncpg caches per connection; 0 behind PgBouncer in transaction mode "
-           "before 1.21 (default 100)", "N"),
+           "before 1.21", "N",
+           group="Database",
+           doc="Prepared statements asyncpg caches per pooled connection (asyncpg's default). Set 0 when "
+               "`DATABASE_URL` goes through PgBouncer in transaction mode before 1.21, which cannot follow "
+               "named prepared statements across server connections: see [scaling.md](scaling.md#pgbouncer)."),
+    Option("max_body_bytes", "MAX_BODY_BYTES", _positive_int,
+           "largest accepted body in bytes; larger is 413", "BYTES", group="Request limits"),
+    Option("max_batch_bytes", "MAX_BATCH_BYTES", _positive_int,
+           "largest accepted body of POST /pos/{source}/ingest/batch in bytes; larger is 413", "BYTES",
+           group="Request limits"),
+    Option("batch_max_items", "BATCH_MAX_ITEMS", _positive_int,
+           "most events in one POST /pos/{source}/ingest/batch; more is 413", "N", group="Request limits"),
+    Option("header_read_timeout", "HEADER_READ_TIMEOUT", _positive_float,
+           "seconds a client gets to send a request's line and headers, else 408 and the connection is closed",
+           "SECONDS", group="Request limits",
+           doc="Seconds a client gets to send a complete request line and headers (from the connection's "
+               "opening, or from the first byte of its next request); else 408 if it sent anything, and the "
+               "connection is closed."),
+    Option("body_read_timeout", "BODY_READ_TIMEOUT", _positive_float,
+           "seconds a client gets to send a request's body after its headers, else 408", "SECONDS",
+           group="Request limits"),
+    Option("keepalive_timeout", "KEEPALIVE_TIMEOUT", _positive_float,
+           "seconds an idle keep-alive connection stays open between requests", "SECONDS",
+           group="Request limits"),
+    Option("rate_limit_per_sec", "RATE_LIMIT_PER_SEC", _non_negative_float,
+           "ingest requests per second per (tenant, source) in each process; 0: no limit", "RATE",
+           group="Request limits",
+           doc="Ingest requests a second per (tenant, source), in each process; over it, 429 with "
+               "`Retry-After`. 0 turns the limit off. Per process: with `WORKERS=N` and R replicas a tenant "
+               "may get up to N × R times the rate (see [security.md](security.md#rate-limit))."),
+    Option("rate_limit_burst", "RATE_LIMIT_BURST", _positive_int,
+           "requests a (tenant, source) may send at once before the rate applies", "N", group="Request limits"),
+    Option("batching", "BATCHING", _bool,
+           "coalesce concurrent ingests into one INSERT per batch", "BOOL",
+           group="Micro-batching",
+           doc="Coalesce concurrent ingests into one INSERT and one commit per batch. Off: one INSERT per "
+               "request."),
+    Option("batch_max_rows", "BATCH_MAX_ROWS", _positive_int,
+           "most events in one batch", "N", group="Micro-batching"),
+    Option("batch_max_delay_ms", "BATCH_MAX_DELAY_MS", _non_negative_float,
+           "longest wait for a batch to fill, in ms; 0: write as soon as a batch slot is free", "MS",
+           group="Micro-batching"),
+    Option("batch_max_in_flight", "BATCH_MAX_IN_FLIGHT", _positive_int,
+           "batches one worker writes at once, each on its own connection", "N",
+           group="Micro-batching",
+           doc="Batches one worker writes at once, each on its own pool connection. Fewer batches in flight "
+               "make bigger batches and fewer commits: 2 gave the lowest p99 at the same throughput "
+               "([bench.md](bench.md#choosing-the-defaults))."),
+    Option("api_tokens", "CODEX_API_TOKENS", _api_tokens,
+           "read API bearer tokens and their tenants, token1=tenantA,tenantB;token2=*", "TOKENS",
+           group="Read side", default_text="none: reading is off",
+           example="'change-me-0123456789=shop-1,shop-2;change-me-too-0123456789=*'",
+           doc="Read API (`GET /events`) bearer tokens and the tenants each may read, "
+               "`token1=tenantA,tenantB;token2=*` (`*`: every tenant); tokens of 16 or more characters. "
+               "Quote the value in a shell: `;` ends a command there. Unset: `GET /events` answers 404."),
+    Option("retention", "RETENTION", parse_duration,
+           "delete events older than this, in the background (30s, 15m, 12h, 7d)", "DURATION",
+           group="Read side", default_text="none: keep everything", example="7d",
+           doc="Delete events older than this (`30s`, `15m`, `12h`, `7d`) in the background, in short "
+               "chunks. A key is deduplicated only while its event is retained. One-off: "
+               "`codex-ingest purge --older-than 7d`."),
+    Option("read_notify", "READ_NOTIFY", _bool,
+           "after each write, NOTIFY waiting readers so they answer at once", "BOOL",
+           group="Read side",
+           doc="After each write, `NOTIFY` the workers so readers waiting at the head "
+               "(`GET /events?wait=N`) answer at once; off, they answer at their timeout."),
     Option("listen_database_url", "LISTEN_DATABASE_URL", _database_url,
            "PostgreSQL URL for the read side's LISTEN connection, which needs a session: a direct URL when "
-           "DATABASE_URL goes through PgBouncer in transaction mode (default: DATABASE_URL)", "URL"),
+           "DATABASE_URL goes through PgBouncer in transaction mode", "URL",
+           group="Read side", default_text="`DATABASE_URL`",
+           example="postgresql://ingest:password@db.internal:5432/codex_ingest",
+           doc="PostgreSQL for the read side's `LISTEN` connection (one per worker), which needs a session "
+               "of its own. Set it to a direct PostgreSQL URL when `DATABASE_URL` goes through PgBouncer in "
+               "transaction mode."),
+    DATABASE_OPTIONS[2],
+    Option("access_log", "ACCESS_LOG", _bool,
+           "log one JSON line per request (off by default: it costs throughput)", "BOOL",
+           group="Logs and metrics"),
+    Option("metrics_remote_label", "METRICS_REMOTE_LABEL", _bool,
+           "label HTTP metrics with the client address (off by default: unbounded series)", "BOOL",
+           group="Logs and metrics",
+           doc="Label the HTTP metrics (`aiohttp_*`) with the client address. Off by default: one set of "
+               "series per client address is unbounded; it makes sense only behind a proxy."),
 )
 
 MIGRATE_OPTIONS: tuple[Option, ...] = DATABASE_OPTIONS
