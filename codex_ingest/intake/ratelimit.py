@@ -8,8 +8,8 @@ is dropped as soon as it reaches the front. ``max_keys`` caps the rest: past
 it the least recently used bucket is dropped even if not full (that key
 starts again with a full bucket, which errs on the side of letting through).
 
-Limits are per process: workers and replicas do not share buckets (README,
-"Hostile input and limits").
+Limits are per process: workers and replicas do not share buckets (docs/security.md,
+"Rate limit").
 """
 
 from __future__ import annotations

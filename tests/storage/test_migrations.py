@@ -95,7 +95,7 @@ def test_cli_migrate_apply_list_rollback(new_database, capsys) -> None:
 
 
 def test_yoyo_command_line_applies_the_same_files(new_database) -> None:
-    """The README's ops path: yoyo's own CLI on migrations/."""
+    """docs/operations.md's ops path: yoyo's own CLI on migrations/."""
     url = new_database()
     yoyo = Path(sys.executable).with_name("yoyo")
     result = subprocess.run(

@@ -2,7 +2,7 @@
 served the way ``serve`` serves it, gets its expected 4xx (JSON where an
 answer is possible) and nothing is stored.
 
-The README's "Hostile input and limits" table is this table in prose.
+docs/security.md's "Hostile input" table is this table in prose.
 """
 
 from __future__ import annotations

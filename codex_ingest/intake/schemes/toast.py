@@ -7,7 +7,7 @@ body + timestamp)), UTF-8), but does not say where that timestamp is carried.
 Toast lists no timestamp header; its message schema has a top-level
 ``"timestamp"`` field. So the timestamp signed here is that field's string
 value, exactly as it appears in the body, appended to the raw body bytes.
-(An assumption; see README, "Toast".)
+(An assumption; see docs/providers.md, "Toast".)
 
 Because that timestamp is the event's own time, it is also checked against
 tolerance_seconds. Key: the body's ``guid``. Tenant:

@@ -1,0 +1,204 @@
+"""Read a tenant's events from codex-ingest with GET /events, exactly as a
+real consumer should: follow next_cursor, save it only after a page is
+handled, resume from it, wait at the head with long-polls.
+
+    CODEX_READ_TOKEN=reader-token-0123456789 .venv/bin/python examples/consumer.py \
+        --url http://127.0.0.1:8080 --tenant shop-1
+
+Standard library only. Replace handle() with your own work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import http.client
+import json
+import os
+import signal
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+RETRY_STATUSES = {502, 503, 504}  # the database or a proxy is briefly away: the same read will work later
+MAX_BACKOFF_SECONDS = 30.0
+
+
+class Stop(BaseException):
+    """SIGINT/SIGTERM while waiting; a BaseException so no `except Exception` swallows it."""
+
+
+class Fatal(Exception):
+    """An answer that retrying will not change: exit with this message."""
+
+
+def handle(event: dict[str, Any]) -> None:
+    """One event: here, one JSON line on stdout with the body decoded.
+
+    Delivery is at least once: after a crash the last unsaved page comes
+    again, so real work must tolerate a repeat (event_id is unique).
+    """
+    raw = base64.b64decode(event["body_base64"])  # the exact bytes the provider sent
+    try:
+        body: Any = json.loads(raw)
+    except ValueError:
+        body = raw.decode("utf-8", "replace")
+    line = {k: event[k] for k in ("event_id", "source", "idempotency_key", "received_at")}
+    print(json.dumps({**line, "body": body}, ensure_ascii=False))
+
+
+def load_cursor(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="ascii").strip() or None
+    except FileNotFoundError:
+        return None  # first run: start at the oldest event
+
+
+def save_cursor(path: Path, cursor: str) -> None:
+    # Write a temporary file and rename it over the old one: a crash leaves
+    # either the old cursor or the new one, never half of one.
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="ascii") as f:
+        f.write(cursor + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+_stopping = False
+_interruptible = False
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """A wait (network or sleep) that a signal may cut short: nothing is lost
+    there. Elsewhere a signal only asks the loop to stop after the page."""
+    global _interruptible
+    if _stopping:
+        raise Stop
+    _interruptible = True
+    try:
+        yield
+    finally:
+        _interruptible = False
+
+
+def on_signal(signum: int, frame: object) -> None:
+    global _stopping
+    _stopping = True
+    if _interruptible:
+        raise Stop
+
+
+def fetch_page(args: argparse.Namespace, token: str, cursor: str | None) -> dict[str, Any]:
+    """One GET /events; retries what may pass, raises Fatal for what will not."""
+    params = {"tenant": args.tenant, "limit": args.limit, "wait": args.wait}
+    if args.source:
+        params["source"] = args.source
+    if cursor:
+        params["after"] = cursor
+    request = urllib.request.Request(
+        f"{args.url.rstrip('/')}/events?{urllib.parse.urlencode(params)}",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    backoff = 1.0
+    while True:
+        delay = None
+        try:
+            with interruptible(), urllib.request.urlopen(request, timeout=args.wait + 15) as answer:
+                return json.load(answer)
+        except urllib.error.HTTPError as exc:
+            if exc.code not in RETRY_STATUSES:
+                raise Fatal(explain(exc, args)) from None
+            problem = f"{exc.code} {error_of(exc)[0]}"
+            delay = exc.headers.get("Retry-After")
+        except (OSError, http.client.HTTPException, ValueError) as exc:  # refused, reset, timed out, cut off
+            problem = f"cannot read {args.url}: {exc}"
+        pause = float(delay) if delay and delay.isdigit() else backoff
+        print(f"consumer: {problem}; retrying in {pause:g} s", file=sys.stderr)
+        with interruptible():
+            time.sleep(pause)
+        backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+
+
+def error_of(exc: urllib.error.HTTPError) -> tuple[str, str]:
+    """The service's {"error", "detail"} (a proxy may have answered something else)."""
+    try:
+        doc = json.load(exc)
+        return str(doc.get("error", "")), str(doc.get("detail", ""))
+    except (ValueError, AttributeError, OSError, http.client.HTTPException):
+        return "", str(exc.reason)
+
+
+def explain(exc: urllib.error.HTTPError, args: argparse.Namespace) -> str:
+    code, detail = error_of(exc)
+    if exc.code == 401:
+        return "401 unauthorized: CODEX_READ_TOKEN is not one of the service's CODEX_API_TOKENS"
+    if exc.code == 403:
+        return f"403 forbidden: this token may not read tenant {args.tenant!r} (see its tenants in CODEX_API_TOKENS)"
+    if exc.code == 404:
+        return "404: reading is off on this service (no CODEX_API_TOKENS), or --url is not codex-ingest"
+    if exc.code == 410:
+        return (f"410 {code}: events after the cursor in {args.cursor_file} were deleted by the service's "
+                f"RETENTION before this consumer read them; they cannot be read any more. To go on from the oldest "
+                f"event still kept, accepting the gap, delete {args.cursor_file} and start again. Then keep the "
+                f"consumer running, or RETENTION longer, so that it does not fall that far behind again.")
+    return f"{exc.code} {code}: {detail}"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="The token comes from CODEX_READ_TOKEN only: a flag would show in ps.")
+    parser.add_argument("--url", default=os.environ.get("CODEX_URL", "http://127.0.0.1:8080"),
+                        help="the service (default: CODEX_URL, else http://127.0.0.1:8080)")
+    parser.add_argument("--tenant", default=os.environ.get("CODEX_TENANT"), required="CODEX_TENANT" not in os.environ,
+                        help="the tenant to read (default: CODEX_TENANT)")
+    parser.add_argument("--source", help="only this source's events")
+    parser.add_argument("--cursor-file", type=Path, help="where the cursor is kept (default: ./<tenant>.cursor)")
+    parser.add_argument("--limit", type=int, default=100, help="events per page, 1-1000 (default 100)")
+    parser.add_argument("--wait", type=float, help="seconds a read waits at the head, 0-30 (default 25; 0 with --until-idle)")
+    parser.add_argument("--until-idle", action="store_true", help="stop at the first empty page instead of waiting for more")
+    args = parser.parse_args(argv)
+    if args.cursor_file is None:
+        args.cursor_file = Path(f"{args.tenant}.cursor")
+    if args.wait is None:
+        args.wait = 0.0 if args.until_idle else 25.0
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    token = os.environ.get("CODEX_READ_TOKEN")
+    if not token:
+        print("consumer: set CODEX_READ_TOKEN to a token of the service's CODEX_API_TOKENS", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    cursor = load_cursor(args.cursor_file)
+    try:
+        while not _stopping:
+            page = fetch_page(args, token, cursor)
+            for event in page["events"]:
+                handle(event)
+            sys.stdout.flush()  # handled means written out, before the cursor moves past it
+            if page["next_cursor"] != cursor:
+                cursor = page["next_cursor"]
+                save_cursor(args.cursor_file, cursor)  # after handling: a crash re-reads, never skips
+            if args.until_idle and not page["events"]:
+                break
+    except Stop:
+        pass
+    except Fatal as exc:
+        print(f"consumer: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
