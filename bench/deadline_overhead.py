@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
-
-import orjson
 
 from bench.local import cpu_seconds, free_port
+from bench.output import print_json
+from bench.service import wait_answering
+from bench.wrk import wrk_installed
 
 
 def serve(runner_name: str, port: int) -> None:
@@ -52,20 +50,11 @@ def serve(runner_name: str, port: int) -> None:
     uvloop.run(main())
 
 
-
-
-
-
 def point(runner_name: str, keepalive: bool, duration: int, connections: int) -> dict[str, object]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "bench.deadline_overhead", "--serve", runner_name, str(port)])
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/x", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.1)
+        wait_answering(f"http://127.0.0.1:{port}/x", proc, f"the {runner_name} server", timeout=10, every=0.1)
         before = cpu_seconds([proc.pid])
         args = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", f"http://127.0.0.1:{port}/x"]
         if not keepalive:
@@ -93,11 +82,11 @@ def main() -> None:
     if args.serve:
         serve(args.serve[0], int(args.serve[1]))
         return
-    if shutil.which("wrk") is None:
+    if not wrk_installed():
         sys.exit("bench.deadline_overhead needs wrk (apt-get install wrk)")
     for keepalive in (True, False):
         for runner_name in ("aiohttp", "service"):
-            print(orjson.dumps(point(runner_name, keepalive, args.duration, args.connections)).decode(), flush=True)
+            print_json(point(runner_name, keepalive, args.duration, args.connections))
 
 
 if __name__ == "__main__":

@@ -18,15 +18,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
-import orjson
-
 from bench.local import cpu_seconds, free_port
+from bench.output import log, print_json
 from bench.plan import build_plan
-from bench.throughput import SECRET, drive_with_wrk, log
+from bench.service import SECRET, wait_answering
+from bench.wrk import drive_with_wrk, rate_and_latency, wrk_installed
 
 _ACCEPTED = b'{"status":"accepted","event_id":1}'
 
@@ -56,15 +54,7 @@ def measure(connections: int, duration: int) -> dict:
     proc = subprocess.Popen([sys.executable, "-m", "bench.floor", "--serve", str(port)])
     workdir = Path(tempfile.mkdtemp(prefix="codex-floor-"))
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("the bare server did not start") from None
-                time.sleep(0.1)
+        wait_answering(f"http://127.0.0.1:{port}/healthz", proc, "the bare server", timeout=30, every=0.1)
         _, plan = build_plan(total=100_000, unique=50_000, tenant="floor", secret=SECRET)
         before = cpu_seconds([proc.pid])
         measured = drive_with_wrk(port, plan, "floor", connections, duration, workdir)
@@ -75,9 +65,7 @@ def measure(connections: int, duration: int) -> dict:
         shutil.rmtree(workdir, ignore_errors=True)
     return {
         "connections": connections,
-        "rps": round(measured["rps"], 1),
-        "p50_ms": round(measured["p50_ms"], 2),
-        "p99_ms": round(measured["p99_ms"], 2),
+        **rate_and_latency(measured),
         "cpu_us_per_request": round(cpu_us, 1),
     }
 
@@ -91,10 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         serve(args.serve)
         return 0
-    if shutil.which("wrk") is None:
+    if not wrk_installed():
         log("floor: needs wrk (apt-get install wrk)")
         return 2
-    print(orjson.dumps(measure(args.connections, args.duration)).decode())
+    print_json(measure(args.connections, args.duration))
     return 0
 
 

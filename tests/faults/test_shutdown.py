@@ -20,7 +20,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bench.faults import Service, SignedLoad, listeners, status_counts, stored_copies, verdict
+from bench.faults import SignedLoad, status_counts, stored_copies, verdict
+from bench.service import Service, listeners
 from codex_ingest.settings import Settings
 from codex_ingest.web.app import create_app
 from codex_ingest.web.connection import ServiceRunner

@@ -4,13 +4,13 @@
   its ``listen`` and upstream ``server`` lines rewritten to free ports on
   127.0.0.1, wrapped in a minimal main configuration (temp paths and pid in
   a directory of its own, no access log), as ``nobody`` when run as root.
-* ``pgbouncer(url)`` (from bench/pgbouncer_cost.py, which measures its cost)
+* ``pgbouncer(url)`` (from bench/pgbouncer.py; bench/pgbouncer_cost.py measures its cost)
   runs pgbouncer with a copy of deploy/pgbouncer/pgbouncer.ini on a free
   127.0.0.1 port, ``auth_type = trust``, as the owner of PostgreSQL's socket
   directory when run as root (pgbouncer refuses root); it yields the URL to
   connect through it.
 * ``replicas(url, n)`` starts n one-worker ``codex-ingest serve`` processes
-  (bench/faults.Service, each in a process group of its own) on one database.
+  (bench/service.Service, each in a process group of its own) on one database.
 * ``dedup_load`` runs ``python -m bench.dedup_load`` and returns its result.
 * ``RetryingLoad`` sends a signed plan and resends every request that got
   no 2xx until it gets one, within bounded attempts and time.
@@ -37,9 +37,10 @@ from typing import Any
 import aiohttp
 import orjson
 
-from bench.faults import Service
+from bench.service import Service
 from bench.local import free_port
-from bench.pgbouncer_cost import Daemon, PgBouncer, binary, own_dir, pgbouncer, wait_for_port
+from bench.daemon import Daemon, binary, own_dir, wait_for_port
+from bench.pgbouncer import PgBouncer, pgbouncer
 from bench.plan import PlannedRequest
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,0 +1,3 @@
+from bench.read_side.run import main
+
+raise SystemExit(main())
