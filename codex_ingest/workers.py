@@ -6,7 +6,9 @@ scrape of /metrics sees every worker: prometheus_client's multiprocess mode
 keeps values in a directory the parent creates and removes. SIGTERM or
 SIGINT stops every worker gracefully; a worker that dies while the service
 is running stops the whole service with a non-zero exit, never leaving it
-at partial capacity unnoticed.
+at partial capacity unnoticed. The service's one "serving" line is logged
+here, once every worker listens; each worker says only "worker started"
+(DEBUG).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import signal
 import socket
 import tempfile
 import time
+from multiprocessing.synchronize import Event
 from types import FrameType
 
 from codex_ingest.settings import Settings
@@ -51,21 +54,24 @@ def check_port_free(host: str, port: int) -> None:
         probe.close()
 
 
-def _worker(settings: Settings, index: int) -> None:
+def _worker(settings: Settings, index: int, ready: Event) -> None:
     from codex_ingest.telemetry.logs import configure_logging
     from codex_ingest.web.server import StartupError, run_worker
 
     configure_logging(settings.log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it sends SIGTERM
     try:
-        run_worker(settings, reuse_port=True)
+        run_worker(settings, reuse_port=True, ready=ready.set)
     except StartupError as exc:
         log.error(str(exc), extra={"worker": index})
         raise SystemExit(1) from None
 
 
 def supervise(settings: Settings) -> int:
-    """Run the workers until a signal (exit 0) or a worker's death (exit 1)."""
+    """Run the workers until a signal (exit 0) or a worker's death (exit 1).
+    Logs the service's one "serving" line once every worker listens."""
+    from codex_ingest.web.server import log_serving
+
     check_port_free(settings.host, settings.port)
     metrics_dir = tempfile.mkdtemp(prefix="codex-ingest-metrics-")
     os.environ[MULTIPROC_ENV] = metrics_dir
@@ -77,19 +83,23 @@ def supervise(settings: Settings) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     processes = []
+    ready = [context.Event() for _ in range(settings.workers)]
     try:
         for index in range(settings.workers):
-            process = context.Process(target=_worker, args=(settings, index), name=f"codex-ingest-worker-{index}")
+            process = context.Process(target=_worker, args=(settings, index, ready[index]),
+                                      name=f"codex-ingest-worker-{index}")
             process.start()
             processes.append(process)
-        log.info(
-            "workers started",
-            extra={"workers": settings.workers, "pids": [p.pid for p in processes], "metrics_dir": metrics_dir},
-        )
+        pids = [p.pid for p in processes]
+        log.debug("workers started", extra={"workers": settings.workers, "pids": pids, "metrics_dir": metrics_dir})
         failed = None
+        serving = False
         while not stop_signal and failed is None:
             time.sleep(0.2)
             failed = next((p for p in processes if p.exitcode is not None), None)
+            if not serving and failed is None and all(event.is_set() for event in ready):
+                serving = True
+                log_serving(settings, pids=pids, metrics_dir=metrics_dir)
         if failed is not None:
             log.error(
                 "a worker exited; stopping the service",

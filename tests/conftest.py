@@ -16,6 +16,9 @@ from tests import live as live_service
 from tests import pg
 from tests.helpers import READ_TOKEN, SECRET
 
+# The needs_program marker: skipped without the program, failed in CI.
+pytest_plugins = ["tests.programs"]
+
 
 @pytest.fixture(scope="session")
 def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:

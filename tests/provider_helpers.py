@@ -52,11 +52,12 @@ def toast_signature(secret: str, body: bytes) -> str:
 
 
 async def events_total(client, source: str) -> dict[str, float]:
-    """codex_ingest_events_total for one source: {outcome: count}."""
+    """codex_ingest_events_total for one source: {outcome: count}, the outcomes
+    counted so far (a source's other outcomes are exported too, at 0)."""
     text = await (await client.get("/metrics")).text()
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            if s.name == "codex_ingest_events_total" and s.labels.get("source") == source:
+            if s.name == "codex_ingest_events_total" and s.labels.get("source") == source and s.value:
                 out[s.labels["outcome"]] = s.value
     return out

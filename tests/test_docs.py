@@ -16,50 +16,15 @@ import pytest
 
 from codex_ingest.cli import build_parser
 from codex_ingest.cli import reference
+from tests.markdown import FENCE, LINK, anchors, code, prose, slug
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "examples").glob("*.md")])
 README_MAX_LINES = 150
 
-FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.M | re.S)
-CODE_SPAN = re.compile(r"`([^`\n]+)`")
-LINK = re.compile(r"!?\[[^\]\n]*\]\(([^)\s]+)\)")
-HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.M)
-
 
 def _page_id(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
-
-
-def prose(text: str) -> str:
-    """The page without its fenced code blocks and code spans: where links live."""
-    return CODE_SPAN.sub("", FENCE.sub("", text))
-
-
-def code(text: str) -> list[str]:
-    """Every line of code the page shows, continuation lines (`\\`) joined, and every code span."""
-    lines: list[str] = []
-    for block in FENCE.findall(text):
-        lines += block.replace("\\\n", " ").splitlines()
-    return lines + CODE_SPAN.findall(FENCE.sub("", text))
-
-
-def slug(heading: str) -> str:
-    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
-    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading).strip().lower()
-    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
-
-
-@functools.cache
-def anchors(path: Path) -> frozenset[str]:
-    seen: dict[str, int] = {}
-    found = set()
-    for heading in HEADING.findall(FENCE.sub("", path.read_text())):
-        base = slug(heading)
-        count = seen.get(base, 0)
-        seen[base] = count + 1
-        found.add(base if count == 0 else f"{base}-{count}")
-    return frozenset(found)
 
 
 def broken_links(path: Path) -> list[str]:

@@ -209,6 +209,7 @@ def test_the_headings_other_pages_link_to_exist() -> None:
     assert {"Serve", "First webhook", "Read it back", "Providers", "A consumer", "Where next"} <= headings
 
 
+@pytest.mark.needs_program("curl", "openssl")
 def test_quickstart_runs_as_written(quickstart_db: str, workdir: Path) -> None:
     blocks = parse(DOC.read_text(encoding="utf-8"))
     port = free_port()

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from codex_ingest import __version__
@@ -44,7 +45,7 @@ def _add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> 
     for option in options:
         parser.add_argument(
             option.flag, dest=option.attr, metavar=option.metavar, default=None,
-            help=f"{option.help} [env {option.env}]",
+            help=f"{option.help} (default: {option.default}) [env {option.env}]",
         )
 
 
@@ -58,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser(
         "serve", help="serve the HTTP API",
-        description="Serve POST /pos/{source}/ingest, /healthz, /readyz and /metrics. "
+        description="Serve the ingest API (POST /pos/{source}/ingest and /ingest/batch), the read API "
+        "(GET /events, with CODEX_API_TOKENS), /healthz, /readyz, /metrics and /openapi.json. "
         "Without DATABASE_URL, starts the embedded PostgreSQL in --data-dir. "
         "Pending migrations are applied first unless --no-migrate.",
     )
@@ -106,11 +108,21 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check a running service over HTTP: /healthz and /readyz 200, a signed event 201, "
         "the same again 200 with the same event_id and Idempotent-Replayed: true, a wrong signature 401, "
         "and /metrics as Prometheus text with codex_ingest_events_total. Stores one event per run under "
-        "its own tenant and a new Idempotency-Key. Exit 0 when every step passed, 1 otherwise.",
+        "its own tenant and a new Idempotency-Key. The event is signed like the generic scheme "
+        "(X-Signature): with WEBHOOK_SECRET, or, for a --source declared in the service's sources file "
+        "with scheme = \"hmac-sha256\", with that source's own first secret. A --source declared with a "
+        "provider's scheme, or undeclared under strict_sources = true, is refused (exit 2). "
+        "Exit 0 when every step passed, 1 when one failed, 2 for a bad argument.",
     )
     smoke.add_argument("--url", required=True, help="the service's base URL, such as http://127.0.0.1:8080")
     smoke.add_argument("--secret", default=None,
-                       help="the service's WEBHOOK_SECRET (prefer the variable: a flag shows in ps) [env WEBHOOK_SECRET]")
+                       help="the service's WEBHOOK_SECRET, for a --source the sources file does not declare "
+                       "(prefer the variable: a flag shows in ps) [env WEBHOOK_SECRET]")
+    smoke.add_argument("--sources", default=None, metavar="PATH",
+                       help="the service's sources file, as serve's: a --source declared there with scheme "
+                       "\"hmac-sha256\" is signed with its own first secret (env:NAME read from the "
+                       "environment); declared with another scheme, or undeclared under strict_sources, "
+                       "it is refused [env CODEX_SOURCES]")
     smoke.add_argument("--source", default=DEFAULT_SOURCE, help=f"source of the test event [{DEFAULT_SOURCE}]")
     smoke.add_argument("--tenant", default=DEFAULT_TENANT, help=f"tenant of the test event [{DEFAULT_TENANT}]")
     smoke.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
@@ -123,7 +135,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     env = os.environ if environ is None else environ
     if args.command == "smoke":
         secret = args.secret if args.secret is not None else env.get("WEBHOOK_SECRET", "")
-        return smoke(args.url, secret, tenant=args.tenant, source=args.source, timeout=args.timeout)
+        # Like serve: the flag wins over CODEX_SOURCES; empty is unset.
+        origin = "--sources" if args.sources is not None else "CODEX_SOURCES"
+        sources = args.sources if args.sources is not None else env.get("CODEX_SOURCES")
+        return smoke(args.url, secret, tenant=args.tenant, source=args.source, timeout=args.timeout,
+                     sources=Path(sources) if sources else None, sources_origin=origin, environ=env)
     flags = vars(args)
     try:
         if args.command == "serve":

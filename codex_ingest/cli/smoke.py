@@ -11,6 +11,13 @@ The event goes to its own tenant and source with a new Idempotency-Key each
 run, so the check can run against production: each run stores one small
 event under (``smoke-check``, ``smoke``, ``smoke-<random>``) and nothing
 else. The secret is never printed.
+
+With the service's sources file (``--sources``, else CODEX_SOURCES), a
+``--source`` declared there with ``scheme = "hmac-sha256"`` is signed with
+its own first secret (read by serve's loader; no other source's secret is
+resolved); one declared with a provider's scheme, or an undeclared one under
+``strict_sources``, is refused up front (exit 2): smoke can sign only the
+generic scheme, and the service would answer 401 or 404.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import hashlib
 import hmac
 import http.client
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -27,17 +35,26 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.message import Message
+from pathlib import Path
 from typing import Any, TextIO
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from codex_ingest.cli.common import EXIT_CONFIG, EXIT_FAILURE
 from codex_ingest.intake.checks import SOURCE_PATTERN, TENANT_PATTERN
+from codex_ingest.intake.sources import SourcesError, load_sources
 
 DEFAULT_TENANT = "smoke-check"
 DEFAULT_SOURCE = "smoke"
 DEFAULT_TIMEOUT = 5.0
 EVENTS_COUNTER = "codex_ingest_events_total"
+# The one scheme of the sources file smoke can sign: the generic X-Signature.
+SIGNABLE_SCHEME = "hmac-sha256"
+SMOKE_SOURCE_EXAMPLE = '[sources.smoke] scheme = "hmac-sha256", secrets = ["env:SMOKE_SECRET"]'
+
+
+class UsageError(Exception):
+    """A bad argument, or a check that cannot work as asked; one line, exit 2."""
 
 
 class Unreachable(Exception):
@@ -180,22 +197,59 @@ def _transport(reason: object, timeout: float) -> str:
     return str(reason)
 
 
+def signing_secret(source: str, secret: str, sources: Path | None, origin: str = "--sources",
+                   environ: Mapping[str, str] | None = None) -> str:
+    """The secret the service verifies ``source``'s events with: the declared
+    source's own first one (``hmac-sha256`` only), else ``secret``
+    (WEBHOOK_SECRET's), for a source the sources file does not declare.
+    UsageError when smoke cannot sign for it."""
+    if sources is not None:
+        try:
+            config = load_sources(sources, os.environ if environ is None else environ,
+                                  build=lambda name, scheme: name == source and scheme == SIGNABLE_SCHEME)
+        except SourcesError as exc:
+            raise UsageError(f"{origin} {exc}") from None
+        scheme = config.schemes.get(source)
+        if scheme == SIGNABLE_SCHEME:
+            return config.sources[source].secrets[0]
+        if scheme is not None:
+            raise UsageError(
+                f"--source {source} is declared in {sources} with scheme {scheme!r}, which smoke cannot sign: "
+                f"declare an {SIGNABLE_SCHEME} source for the smoke check, e.g. {SMOKE_SOURCE_EXAMPLE}, "
+                f"and pass --source with its name")
+        if config.strict:
+            raise UsageError(
+                f"--source {source} is not declared in {sources}, which sets strict_sources = true "
+                f"(the service would answer 404): declare an {SIGNABLE_SCHEME} source for the smoke check, "
+                f"e.g. {SMOKE_SOURCE_EXAMPLE}, and pass --source with its name")
+    if not secret:
+        raise UsageError("--secret or WEBHOOK_SECRET is required")
+    return secret
+
+
 def smoke(url: str, secret: str, *, tenant: str = DEFAULT_TENANT, source: str = DEFAULT_SOURCE,
-          timeout: float = DEFAULT_TIMEOUT, out: TextIO = sys.stdout) -> int:
+          timeout: float = DEFAULT_TIMEOUT, sources: Path | None = None, sources_origin: str = "--sources",
+          environ: Mapping[str, str] | None = None, out: TextIO = sys.stdout) -> int:
     """Run every step against ``url``; print one line each and a verdict.
-    0: every step passed; 1: one failed; 2: a bad argument (one line on stderr)."""
+    0: every step passed; 1: one failed; 2: a bad argument (one line on stderr).
+
+    ``sources``: the service's sources file (``sources_origin`` names where it
+    came from in errors); ``environ`` resolves its ``env:NAME`` secrets."""
     problem = (
         "--url must start with http:// or https://" if not url.startswith(("http://", "https://"))
         else f"--source must match {SOURCE_PATTERN.pattern}" if SOURCE_PATTERN.fullmatch(source) is None
         else f"--tenant must match {TENANT_PATTERN.pattern}" if TENANT_PATTERN.fullmatch(tenant) is None
         else f"--timeout must be a positive number of seconds, not {timeout:g}" if not timeout > 0
-        else "--secret or WEBHOOK_SECRET is required" if not secret
         else None
     )
-    if problem is not None:
-        print(f"codex-ingest smoke: error: {problem}", file=sys.stderr)
+    try:
+        if problem is not None:
+            raise UsageError(problem)
+        key = signing_secret(source, secret, sources, sources_origin, environ)
+    except UsageError as exc:
+        print(f"codex-ingest smoke: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    check = Check(url.rstrip("/"), secret.encode(), tenant, source, timeout)
+    check = Check(url.rstrip("/"), key.encode(), tenant, source, timeout)
     steps: dict[str, Callable[[], str]] = {
         "healthz": check.healthz, "readyz": check.readyz, "event": check.event,
         "replay": check.replay, "bad-signature": check.bad_signature, "metrics": check.metrics,

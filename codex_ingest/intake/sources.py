@@ -20,7 +20,7 @@ secret's value.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,19 +52,32 @@ class SourceSpec:
 class SourcesConfig:
     strict: bool
     sources: Mapping[str, SourceSpec]
+    # Every declared source's scheme by name, built or not (see parse_sources' ``build``).
+    schemes: Mapping[str, str] = field(default_factory=dict)
 
 
-def load_sources(path: Path, environ: Mapping[str, str]) -> SourcesConfig:
+# Which declared sources to build, by name and scheme.
+BuildFilter = Callable[[str, str], bool]
+
+
+def load_sources(path: Path, environ: Mapping[str, str], *, build: BuildFilter | None = None) -> SourcesConfig:
     try:
         text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise SourcesError(f"cannot read {path}: {exc.strerror or exc.__class__.__name__}") from None
     except UnicodeDecodeError:
         raise SourcesError(f"{path} is not UTF-8 text") from None
-    return parse_sources(text, environ, origin=str(path))
+    return parse_sources(text, environ, origin=str(path), build=build)
 
 
-def parse_sources(text: str, environ: Mapping[str, str], origin: str = "<sources>") -> SourcesConfig:
+def parse_sources(
+    text: str, environ: Mapping[str, str], origin: str = "<sources>", *, build: BuildFilter | None = None,
+) -> SourcesConfig:
+    """The sources file's contents, every declared source built (secrets
+    resolved, each key checked). ``build``, given (name, scheme), limits which
+    are: the others' names and schemes are still checked and listed in
+    ``schemes``, but nothing else of them is read, so a command that needs
+    one source's secret (smoke) needs no other source's variable."""
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -79,11 +92,17 @@ def parse_sources(text: str, environ: Mapping[str, str], origin: str = "<sources
     tables = document.get("sources", {})
     if not isinstance(tables, dict):
         raise SourcesError(f"{origin}: sources must be tables, [sources.NAME]")
-    specs = {name: _source(name, table, environ, origin) for name, table in tables.items()}
-    return SourcesConfig(strict=strict, sources=specs)
+    schemes = {name: _scheme(name, table, origin) for name, table in tables.items()}
+    specs = {
+        name: _source(name, schemes[name], table, environ, origin)
+        for name, table in tables.items()
+        if build is None or build(name, schemes[name])
+    }
+    return SourcesConfig(strict=strict, sources=specs, schemes=schemes)
 
 
-def _source(name: str, table: Any, environ: Mapping[str, str], origin: str) -> SourceSpec:
+def _scheme(name: str, table: Any, origin: str) -> str:
+    """The scheme of a declared source, checked with its name."""
     where = f"{origin}: [sources.{name}]"
     if SOURCE_PATTERN.fullmatch(name) is None:
         raise SourcesError(f"{where}: the source name must match ^[a-z0-9][a-z0-9_-]{{0,63}}$ (it is the URL's {{source}})")
@@ -92,6 +111,11 @@ def _source(name: str, table: Any, environ: Mapping[str, str], origin: str) -> S
     scheme = table.get("scheme")
     if scheme not in SCHEMES:
         raise SourcesError(f"{where}: scheme must be one of {', '.join(SCHEMES)}")
+    return str(scheme)
+
+
+def _source(name: str, scheme: str, table: dict[str, Any], environ: Mapping[str, str], origin: str) -> SourceSpec:
+    where = f"{origin}: [sources.{name}]"
     allowed = {"scheme", "secrets"}
     if scheme == "square":
         allowed.add("notification_url")

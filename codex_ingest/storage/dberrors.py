@@ -15,7 +15,8 @@
   a provider its event is bad, and many stop retrying.
 * **500** for anything else: a bug, left to surface with its traceback.
 
-Every error is counted in ``codex_ingest_db_errors_total{class}``.
+Every error is counted in ``codex_ingest_db_errors_total{class}``; each class
+named here (``ERROR_CLASSES``) is exported at 0 from start-up.
 """
 
 from __future__ import annotations
@@ -41,6 +42,20 @@ _OPERATOR_STATES = {
     "26000": "a prepared statement vanished: behind PgBouncer in transaction mode, set DB_STATEMENT_CACHE_SIZE=0",
 }
 READ_ONLY = "25006"
+# SQLSTATE class 22: the event's own values are refused (a 4xx).
+_ROW_FAULT_CLASS = "22"
+
+# error_class's labels for failures that carry no SQLSTATE.
+CONNECTION = "connection"
+TIMEOUT = "timeout"
+CLIENT_DATA = "client_data"
+# Every class the rule above names: the label values codex_ingest_db_errors_total
+# starts with, at 0, so a dashboard shows 0 and a rate() sees the first error.
+# (A bug's error is still counted under its own class when it happens.)
+ERROR_CLASSES: tuple[str, ...] = tuple(sorted(
+    {_ROW_FAULT_CLASS, *_SERVER_STATE_CLASSES, *(state[:2] for state in _OPERATOR_STATES),
+     CONNECTION, TIMEOUT, CLIENT_DATA}
+))
 
 _UNREACHABLE = (
     OSError,
@@ -65,16 +80,16 @@ def error_class(exc: BaseException) -> str:
     if state:
         return state[:2]
     if isinstance(exc, ClientDataError):
-        return "client_data"
+        return CLIENT_DATA
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-        return "timeout"
-    return "connection"
+        return TIMEOUT
+    return CONNECTION
 
 
 def is_row_fault(exc: BaseException) -> bool:
     """A value of the event's own that the driver cannot encode or the server refuses (class 22)."""
     # The driver's own DataError subclasses InterfaceError: checked before anything else.
-    return isinstance(exc, (ClientDataError, asyncpg.DataError)) or sqlstate(exc)[:2] == "22"
+    return isinstance(exc, (ClientDataError, asyncpg.DataError)) or sqlstate(exc)[:2] == _ROW_FAULT_CLASS
 
 
 def is_server_state(exc: BaseException) -> bool:

@@ -7,9 +7,11 @@ and secrets are never passed to a logger.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import time
+from pathlib import PurePath
 from typing import Any
 
 import orjson
@@ -36,6 +38,31 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
+
+
+def loggable_fields(instance: Any) -> dict[str, Any]:
+    """A dataclass instance's fields as plain JSON values, for a log line;
+    every field declared ``repr=False`` (a secret, a token, a URL that may hold
+    a password, anything holding those) is left out, whatever its name."""
+    return {
+        f.name: _plain(getattr(instance, f.name))
+        for f in dataclasses.fields(instance)
+        if f.repr
+    }
+
+
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return loggable_fields(value)
+    return str(value)
 
 
 class RedactUnparsableRequests(logging.Filter):

@@ -4,13 +4,20 @@ http_metrics.py).
 Labels stay bounded: no tenant label, outcomes are a fixed set, and the
 source label takes the first ``MAX_SOURCE_LABELS`` names seen, then
 "_other", so a caller inventing source names cannot grow the series.
+
+Every series whose label values are known starts at 0, so a dashboard shows
+0 rather than "no data" and a rate() sees the first increase: each database
+error class the service names, each outcome's duration, and each source's
+outcomes. The sources of the sources file are known at start-up and take
+their label slots first; any other source gets all its outcomes at once, the
+first time it is seen (while it has a slot of its own; then "_other" does).
 """
 
 from __future__ import annotations
 
 import collections
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
@@ -33,7 +40,19 @@ _DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 
 
 class ServiceMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    """The service's series in ``registry``.
+
+    ``sources``: the declared sources, whose series exist from the start;
+    they always get a label of their own and count toward
+    ``MAX_SOURCE_LABELS``. ``db_error_classes``: the classes
+    ``codex_ingest_db_errors_total`` starts with. ``retention``: RETENTION is
+    set; only then is ``codex_ingest_oldest_event_age_seconds`` exported.
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry, *, sources: Iterable[str] = (), db_error_classes: Iterable[str] = (),
+        retention: bool = False,
+    ) -> None:
         self.registry = registry
         self._events = Counter(
             "codex_ingest_events",
@@ -79,11 +98,12 @@ class ServiceMetrics:
             "Age of the oldest transaction holding an xid on the server: how long delivery to readers may lag.",
             registry=registry, multiprocess_mode="max",
         )
+        # Without RETENTION nothing is purged: no series, so no alert can fire on it.
         self._oldest_age = Gauge(
             "codex_ingest_oldest_event_age_seconds",
             "Seconds since the oldest retained event was received (0: none); past RETENTION, the purge is not running.",
             registry=registry, multiprocess_mode="max",
-        )
+        ) if retention else None
         self._live: list[tuple[Gauge, Callable[[], float]]] = []
         build_info = Gauge(
             "codex_ingest_build_info", "Always 1; the version is a label.", ["version"],
@@ -94,6 +114,15 @@ class ServiceMetrics:
         # and hashes every call, which the hot path does not need to repeat.
         self._children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         self._sources: set[str] = set()
+        self._started: set[str] = set()
+        for error_class in db_error_classes:
+            self._db_errors.labels(error_class)
+        for outcome in OUTCOMES:
+            self._duration.labels(outcome=outcome)
+        for source in sources:
+            # Declared by the operator, so bounded: never "_other".
+            self._sources.add(source)
+            self._start_source(source)
 
     def record(self, source: str, outcome: str, seconds: float) -> None:
         children = self._children.get((source, outcome))
@@ -115,11 +144,13 @@ class ServiceMetrics:
 
     def _add_children(self, source: str, outcome: str) -> tuple[Counter, Histogram]:
         label = source
-        if source not in self._sources:
+        if source != OTHER_SOURCE and source not in self._sources:
             if len(self._sources) < MAX_SOURCE_LABELS:
                 self._sources.add(source)
             else:
                 label = OTHER_SOURCE
+        if label not in self._started:
+            self._start_source(label)
         children = (
             self._events.labels(source=label, outcome=outcome),
             self._duration.labels(outcome=outcome),
@@ -127,6 +158,14 @@ class ServiceMetrics:
         if label != OTHER_SOURCE:
             self._children[(source, outcome)] = children
         return children
+
+    def _start_source(self, label: str) -> None:
+        """Every outcome's series of a source label, at 0. Once per label, and
+        labels are bounded: the declared sources, up to ``MAX_SOURCE_LABELS``
+        in all with the others seen, and "_other"."""
+        self._started.add(label)
+        for outcome in OUTCOMES:
+            self._events.labels(source=label, outcome=outcome)
 
     def count_db_error(self, error_class: str) -> None:
         self._db_errors.labels(error_class).inc()
@@ -162,6 +201,8 @@ class ServiceMetrics:
         self._horizon_lag.set(seconds)
 
     def set_oldest_event_age(self, seconds: float) -> None:
+        if self._oldest_age is None:
+            raise RuntimeError("codex_ingest_oldest_event_age_seconds is exported only with RETENTION set")
         self._oldest_age.set(seconds)
 
     def exposition(self) -> bytes:

@@ -18,6 +18,7 @@ from codex_ingest.intake.schemes.base import Clock
 from codex_ingest.intake.schemes.registry import build_sources
 from codex_ingest.settings import Settings
 from codex_ingest.storage.batching import BatchWriter, DirectWriter, EventWriter
+from codex_ingest.storage.dberrors import ERROR_CLASSES
 from codex_ingest.storage.delivery import EventLog
 from codex_ingest.storage.notify import HeadWatch
 from codex_ingest.storage.pool import create_pool
@@ -55,7 +56,12 @@ def create_app(settings: Settings, *, queries: Queries | None = None, clock: Clo
     app.on_response_prepare.append(response_headers)
     app[keys.SETTINGS] = settings
     app[keys.QUERIES] = queries if queries is not None else load_queries()
-    app[keys.METRICS] = ServiceMetrics(registry)
+    app[keys.METRICS] = ServiceMetrics(
+        registry,
+        sources=settings.source_table.sources if settings.source_table is not None else (),
+        db_error_classes=ERROR_CLASSES,
+        retention=settings.retention is not None,
+    )
     # Every source's scheme is built once, here, not per request.
     sources = build_sources(settings.source_table, clock, webhook_secret=settings.webhook_secret)
     app[keys.READER] = EventReader(sources)

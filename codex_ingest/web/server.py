@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import signal
+from collections.abc import Callable
+from typing import Any
 
 import asyncpg
 import uvloop
@@ -14,7 +17,7 @@ from aiohttp.web_log import AccessLogger
 
 from codex_ingest import __version__
 from codex_ingest.settings import Settings
-from codex_ingest.telemetry.logs import JsonAccessLogger
+from codex_ingest.telemetry.logs import JsonAccessLogger, loggable_fields
 from codex_ingest.web.app import create_app
 from codex_ingest.web.connection import ServiceRunner
 
@@ -25,9 +28,31 @@ class StartupError(Exception):
     """The service could not start; the message says why in one line."""
 
 
-def run_worker(settings: Settings, *, reuse_port: bool = False) -> None:
-    """Serve in this process until SIGTERM or SIGINT."""
-    uvloop.run(_serve(settings, reuse_port))
+def run_worker(settings: Settings, *, reuse_port: bool = False, ready: Callable[[], None] | None = None) -> None:
+    """Serve in this process until SIGTERM or SIGINT.
+
+    Once listening, a lone server logs the service's "serving" line; a worker
+    of several (``ready`` given) calls ``ready()`` instead and leaves that line
+    to its supervisor, which logs it once every worker is listening.
+    """
+    uvloop.run(_serve(settings, reuse_port, ready))
+
+
+def log_serving(settings: Settings, **extra: Any) -> None:
+    """The service's one "serving" line: where it listens, its version, its
+    settings as a JSON object (never a secret, a token or a database URL: the
+    fields Settings declares repr=False are left out), and the declared
+    sources with their schemes."""
+    table = settings.source_table
+    log.info("serving", extra={
+        "host": settings.host,
+        "port": settings.port,
+        "version": __version__,
+        **extra,
+        "sources": {name: spec.scheme for name, spec in table.sources.items()} if table is not None else {},
+        "strict_sources": table is not None and table.strict,
+        "settings": loggable_fields(settings),
+    })
 
 
 def make_runner(app: web.Application, settings: Settings) -> ServiceRunner:
@@ -49,7 +74,7 @@ def make_runner(app: web.Application, settings: Settings) -> ServiceRunner:
     )
 
 
-async def _serve(settings: Settings, reuse_port: bool) -> None:
+async def _serve(settings: Settings, reuse_port: bool, ready: Callable[[], None] | None) -> None:
     runner = make_runner(create_app(settings), settings)
     try:
         await runner.setup()  # opens the pool
@@ -67,10 +92,11 @@ async def _serve(settings: Settings, reuse_port: bool) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stopping.set)
-        log.info(
-            "serving",
-            extra={"host": settings.host, "port": settings.port, "version": __version__, "settings": repr(settings)},
-        )
+        if ready is None:
+            log_serving(settings, pids=[os.getpid()])
+        else:
+            ready()
+            log.debug("worker started", extra={"pid": os.getpid()})
         await stopping.wait()
         log.info("shutting down", extra={"grace_seconds": settings.shutdown_grace_seconds})
     finally:

@@ -47,6 +47,27 @@ def test_a_full_file_parses_with_env_secrets_resolved() -> None:
     assert "sq-new" not in repr(config)
 
 
+def test_build_limits_which_sources_are_built_and_their_secrets_resolved() -> None:
+    text = """
+    [sources.smoke]
+    scheme = "hmac-sha256"
+    secrets = ["env:SMOKE"]
+    [sources.square]
+    scheme = "square"
+    secrets = ["env:UNSET_HERE"]
+    """
+    config = parse_sources(text, {"SMOKE": "s"}, build=lambda name, scheme: scheme == "hmac-sha256")
+    assert list(config.sources) == ["smoke"] and config.sources["smoke"].secrets == ("s",)
+    # Not built: not read beyond its name and scheme (no notification_url, no variable needed) ...
+    assert config.schemes == {"smoke": "hmac-sha256", "square": "square"}
+    # ... but those are still checked.
+    with pytest.raises(SourcesError, match="scheme must be one of"):
+        parse_sources(text.replace('"square"', '"paypal"', 1), {"SMOKE": "s"}, build=lambda name, scheme: False)
+    # Without build, every source is built: the unset variable is an error, as for serve.
+    with pytest.raises(SourcesError, match="UNSET_HERE"):
+        parse_sources(text, {"SMOKE": "s"})
+
+
 def test_the_example_file_is_valid(tmp_path: Path) -> None:
     text = (ROOT / "sources.example.toml").read_text()
     names = set(re.findall(r'"env:([A-Z0-9_]+)"', text))

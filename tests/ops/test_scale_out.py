@@ -66,8 +66,8 @@ CONNECTIONS = 256
 SOURCE = "square"
 INGEST = f"/pos/{SOURCE}/ingest"
 
-needs_nginx = pytest.mark.skipif(binary("nginx") is None, reason="nginx is not installed")
-needs_pgbouncer = pytest.mark.skipif(binary("pgbouncer") is None, reason="pgbouncer is not installed")
+needs_nginx = pytest.mark.needs_program("nginx")
+needs_pgbouncer = pytest.mark.needs_program("pgbouncer")
 
 
 @pytest.fixture

@@ -63,6 +63,22 @@ def test_a_bad_duration_is_one_line_and_exit_2(value) -> None:
     assert len(result.stderr.strip().splitlines()) == 1 and "--older-than" in result.stderr
 
 
+async def unlabelled(client) -> dict[str, float]:
+    """The /metrics series without labels, by name."""
+    text = await (await client.get("/metrics")).text()
+    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
+
+
+async def until(check, timeout: float = 30):
+    """``await check()``'s first truthy answer, polled; fails after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (answer := await check()):
+        assert loop.time() < deadline, f"still {answer!r} after {timeout} s"
+        await asyncio.sleep(0.2)
+    return answer
+
+
 async def test_the_retention_setting_purges_in_the_background_and_reports_it(make_client, db) -> None:
     # 30 s of retention: a purge every 3 s (retention.purge_interval), the fresh event kept throughout.
     client = await make_client(retention=30.0, api_tokens=(ReadToken("retention-token-0123456789", None),))
@@ -74,12 +90,56 @@ async def test_the_retention_setting_purges_in_the_background_and_reports_it(mak
     while await db.fetchval("SELECT count(*) FROM events") != 1:
         assert loop.time() < deadline, "the background purge never ran"
         await asyncio.sleep(0.1)
-    await asyncio.sleep(5.5)  # one refresh of the read-side gauges
-    text = await (await client.get("/metrics")).text()
-    samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
+
+    # The read-side gauges are refreshed every 5 s: until one refresh has seen
+    # the purge, the gauge reads the purged event's two days (or 0 before any).
+    async def refreshed() -> dict[str, float] | None:
+        samples = await unlabelled(client)
+        return samples if 0 < samples["codex_ingest_oldest_event_age_seconds"] < 60 else None
+
+    samples = await until(refreshed)
     assert samples["codex_ingest_events_purged_total"] == 1.0
-    assert 0 <= samples["codex_ingest_oldest_event_age_seconds"] < 60
     assert samples["codex_ingest_read_horizon_lag_seconds"] >= 0
+
+
+async def test_oldest_event_age_reports_the_age_of_the_oldest_stored_event(make_client, db) -> None:
+    # Two days old, well inside a week of retention: kept, and the gauge must read its real age.
+    client = await make_client(retention=7 * 86400.0)
+    await post(client, 1)
+    await post(client, 2)
+    await age(db, 2, "id = 1")
+    stored_age = await db.fetchval("SELECT extract(epoch FROM now() - received_at)::float8 FROM events WHERE id = 1")
+
+    async def reads_its_age() -> float | None:
+        gauge = (await unlabelled(client))["codex_ingest_oldest_event_age_seconds"]
+        return gauge if abs(gauge - stored_age) < 60 else None
+
+    await until(reads_its_age)
+    assert await db.fetchval("SELECT count(*) FROM events") == 2
+
+
+async def test_without_retention_there_is_no_oldest_event_age(make_client, db, database_url) -> None:
+    # Nothing is purged: the series must not exist (not even at 0), so
+    # CodexIngestPurgeNotRunning cannot fire. Checked after the read side's
+    # gauges (on with api_tokens) have been refreshed at least once: a
+    # transaction holding an xid makes the refreshed horizon lag non-zero.
+    client = await make_client(api_tokens=(ReadToken("no-retention-token-0123456789", None),))
+    await post(client, 1)
+    await age(db, 30, "id = 1")
+    holder = await asyncpg.connect(database_url)
+    try:
+        await holder.execute("BEGIN")
+        await holder.fetchval("SELECT pg_current_xact_id()")
+
+        async def refreshed() -> bool:
+            return (await unlabelled(client))["codex_ingest_read_horizon_lag_seconds"] > 0
+
+        await until(refreshed)
+        text = await (await client.get("/metrics")).text()
+    finally:
+        await holder.close()
+    assert "codex_ingest_oldest_event_age_seconds" not in text
+    assert "codex_ingest_events_purged_total" in text
 
 
 async def test_horizon_lag_reports_a_long_transaction_holding_an_xid(make_client, db, database_url) -> None:

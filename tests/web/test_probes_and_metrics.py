@@ -8,8 +8,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from codex_ingest import __version__
+from codex_ingest.storage.dberrors import ERROR_CLASSES
 from codex_ingest.telemetry.http_metrics import HttpMetrics
-from codex_ingest.telemetry.metrics import MAX_SOURCE_LABELS, OTHER_SOURCE, ServiceMetrics
+from codex_ingest.telemetry.metrics import MAX_SOURCE_LABELS, OTHER_SOURCE, OUTCOMES, ServiceMetrics
 from tests.helpers import headers, sign
 
 URL = "/pos/square/ingest"
@@ -81,6 +82,48 @@ async def test_http_metrics_count_statuses_as_answered(client: TestClient, db) -
         if n == "aiohttp_responses_total" and dict(lbl)["path_template"] == "/pos/{source}/ingest"
     }
     assert statuses == {"400"}
+
+
+async def test_known_series_are_exported_at_zero_before_any_event(provider_client, db) -> None:
+    toml = '[sources.shop]\nscheme = "shopify"\nsecrets = ["s"]\n[sources.pos]\nscheme = "hmac-sha256"\nsecrets = ["p"]\n'
+    client = await provider_client(toml)
+    found = samples(await (await client.get("/metrics")).text())
+    # Every class dberrors.py names: its SQLSTATE classes, and the failures that carry none.
+    assert set(ERROR_CLASSES) == {"08", "22", "25", "26", "40", "42", "53", "55", "57", "58", "XX",
+                                  "connection", "timeout", "client_data"}
+    errors = {dict(labels)["class"]: value for (name, labels), value in found.items() if name == "codex_ingest_db_errors_total"}
+    assert errors == dict.fromkeys(ERROR_CLASSES, 0.0)
+    events = {(dict(labels)["source"], dict(labels)["outcome"]): value
+              for (name, labels), value in found.items() if name == "codex_ingest_events_total"}
+    assert events == {(source, outcome): 0.0 for source in ("shop", "pos") for outcome in OUTCOMES}
+    durations = {dict(labels)["outcome"]: value
+                 for (name, labels), value in found.items() if name == "codex_ingest_ingest_duration_seconds_count"}
+    assert durations == dict.fromkeys(OUTCOMES, 0.0)
+
+
+async def test_a_source_seen_first_gets_every_outcome_at_once(client: TestClient, db) -> None:
+    await client.post(URL, data=BODY, headers=headers(BODY))
+    found = samples(await (await client.get("/metrics")).text())
+    events = {dict(labels)["outcome"]: value for (name, labels), value in found.items()
+              if name == "codex_ingest_events_total" and dict(labels)["source"] == "square"}
+    assert events == {**dict.fromkeys(OUTCOMES, 0.0), "accepted": 1.0}
+
+
+def test_declared_sources_take_their_label_slots_first() -> None:
+    declared = [f"declared{i}" for i in range(10)]
+    metrics = ServiceMetrics(CollectorRegistry(), sources=declared)
+    for i in range(MAX_SOURCE_LABELS):
+        metrics.record(f"src{i}", "accepted", 0.001)
+    metrics.record(OTHER_SOURCE, "rejected_input", 0.001)  # an undeclared name under strict_sources: no slot of its own
+    metrics.record("declared9", "accepted", 0.001)
+    found = samples(metrics.exposition().decode())
+    counts = {(dict(lbl)["source"], dict(lbl)["outcome"]): v for (n, lbl), v in found.items() if n == "codex_ingest_events_total"}
+    labels = {source for source, _ in counts}
+    assert labels == {*declared, *(f"src{i}" for i in range(MAX_SOURCE_LABELS - len(declared))), OTHER_SOURCE}
+    assert counts[(OTHER_SOURCE, "accepted")] == len(declared) and counts[(OTHER_SOURCE, "rejected_input")] == 1
+    assert counts[("declared9", "accepted")] == 1 and counts[("declared0", "accepted")] == 0
+    # Every label has every outcome, and only those.
+    assert set(counts) == {(source, outcome) for source in labels for outcome in OUTCOMES}
 
 
 def test_source_labels_are_bounded() -> None:
