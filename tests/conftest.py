@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import suppress
 from dataclasses import replace
 
 import asyncpg
+import psutil
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -18,6 +20,52 @@ from tests.helpers import READ_TOKEN, SECRET
 
 # The needs_program marker: skipped without the program, failed in CI.
 pytest_plugins = ["tests.programs"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_outlives_the_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the last test: no PostgreSQL on a data directory under this session's temp root,
+    and no child process of pytest, may still run. Any that does is named, killed, and fails
+    the session (an error at teardown of the last test).
+
+    Autouse and session-scoped, so set up before and torn down after every other session
+    fixture: the shared server (pg_admin_url) is closed by then, and must be."""
+    yield
+    postmasters = pg.postmasters_under(tmp_path_factory.getbasetemp())
+    children = [p for p in _running_children() if p.pid not in {m.pid for m in postmasters}]
+    if not postmasters and not children:
+        return
+    leaked = [_describe(p) for p in [*postmasters, *children]]
+    for postmaster in postmasters:
+        pg.kill_postmaster(postmaster)
+    for child in children:
+        with suppress(psutil.NoSuchProcess):
+            child.terminate()
+    for child in psutil.wait_procs(children, timeout=5)[1]:
+        with suppress(psutil.NoSuchProcess):
+            child.kill()
+    psutil.wait_procs(children, timeout=5)
+    pytest.fail("processes outlived the tests (now killed):\n  " + "\n  ".join(leaked), pytrace=False)
+
+
+def _running_children() -> list[psutil.Process]:
+    """pytest's descendants still running; a zombie has exited, it only waits to be reaped."""
+    running = []
+    for proc in psutil.Process().children(recursive=True):
+        with suppress(psutil.NoSuchProcess):
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                running.append(proc)
+    return running
+
+
+def _describe(proc: psutil.Process) -> str:
+    try:
+        command = " ".join(proc.cmdline())
+    except psutil.Error:
+        command = "?"
+    data_dir = pg.served_data_dir(proc)
+    gone = " (data directory deleted)" if data_dir is not None and not data_dir.exists() else ""
+    return f"pid {proc.pid}: {command[:300]}{gone}"
 
 
 @pytest.fixture(scope="session")
