@@ -177,3 +177,63 @@ async def test_a_change_the_database_cannot_take_fails_the_request_with_503_and_
     assert len(await stored(db)) == 4
     counted = await events_total(client, "clover")
     assert counted["unavailable"] >= 1 and counted["accepted"] == 4
+
+
+async def test_a_change_stored_before_with_another_body_makes_the_request_422_and_the_others_are_stored(provider_client, db) -> None:
+    client = await provider_client(TOML, ENV)
+    mid, change = CHANGES[1]
+    # Same merchant, objectId, type and ts (so the same key), another body.
+    before = orjson.dumps({"appId": DOC["appId"], "merchants": {mid: [{**change, "note": "sent before"}]}})
+    first = await client.post(URL, data=before, headers=headers())
+    assert first.status == 201, await first.text()
+
+    resp = await client.post(URL, data=BODY, headers=headers())
+    doc = await assert_error(resp, 422, "idempotency_key_reused")
+    assert "1 of this notification's 4 changes" in doc["detail"]
+    rows = {r["idempotency_key"]: bytes(r["body"]) for r in await stored(db)}
+    # The one stored before is kept as it was; every other change is stored now.
+    assert rows == {key_of(m, c): (before if (m, c) == (mid, change) else one_change(m, c)) for m, c in CHANGES}
+    assert await events_total(client, "clover") == {"accepted": 4.0, "conflict": 1.0}
+
+    # Clover's retry of the same notification: still 422, nothing replaced, nothing doubled.
+    again = await client.post(URL, data=BODY, headers=headers())
+    await assert_error(again, 422, "idempotency_key_reused")
+    assert {r["idempotency_key"]: bytes(r["body"]) for r in await stored(db)} == rows
+
+
+@pytest.mark.parametrize("order", ["400-first", "503-first"])
+async def test_a_503_wins_over_a_400_in_one_notification_so_clover_retries(provider_client, db, settings, order: str) -> None:
+    # One change the database refuses for its own values (class 22: 400 on
+    # its own), one it cannot take now (class 53: 503). The request is one
+    # answer: the 503, whichever comes first, or Clover would stop retrying
+    # a change it should resend. Raised by the real database, from a trigger.
+    (bad_mid, bad), (busy_mid, busy) = (CHANGES[0], CHANGES[2]) if order == "400-first" else (CHANGES[2], CHANGES[0])
+    await db.execute(f"""
+        CREATE FUNCTION fail_two_changes() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.idempotency_key = '{key_of(bad_mid, bad)}' THEN
+                RAISE EXCEPTION 'bad value (test)' USING ERRCODE = '22023';
+            END IF;
+            IF NEW.idempotency_key = '{key_of(busy_mid, busy)}' THEN
+                RAISE EXCEPTION 'disk full (test)' USING ERRCODE = '53100';
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER fail_two_changes BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION fail_two_changes();
+    """)
+    try:
+        client = await provider_client(TOML, ENV)
+        resp = await client.post(URL, data=BODY, headers=headers())
+        await assert_error(resp, 503, "database_unavailable")
+        assert resp.headers["Retry-After"] == "5"
+        keys = {r["idempotency_key"] for r in await stored(db)}
+        assert not keys & {key_of(bad_mid, bad), key_of(busy_mid, busy)}
+        if not settings.batching:
+            # Stored one by one: each change's outcome is its own, the others are stored.
+            assert keys == {key_of(m, c) for m, c in CHANGES} - {key_of(bad_mid, bad), key_of(busy_mid, busy)}
+            assert await events_total(client, "clover") == {"accepted": 2.0, "rejected_input": 1.0, "unavailable": 1.0}
+    finally:
+        await db.execute("DROP TRIGGER fail_two_changes ON events; DROP FUNCTION fail_two_changes();")
+    retry = await client.post(URL, data=BODY, headers=headers())
+    assert retry.status == 201, await retry.text()
+    assert len(await stored(db)) == 4

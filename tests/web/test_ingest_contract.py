@@ -284,6 +284,36 @@ async def test_chunked_body_within_the_limit_is_accepted(client: TestClient, db)
     assert bytes((await stored(db))[0]["body"]) == BODY
 
 
+async def test_a_chunked_body_of_exactly_the_limit_is_accepted_and_one_byte_more_is_413(make_client, db) -> None:
+    # A chunked body announces no size: the limit is counted as it streams, to the byte.
+    client = await make_client(max_body_bytes=1000)
+
+    async def chunks(body: bytes):
+        for i in range(0, len(body), 300):
+            yield body[i : i + 300]
+
+    exact = b'{"p":"' + b"x" * (1000 - 8) + b'"}'
+    over = b'{"p":"' + b"x" * (1000 - 7) + b'"}'
+    assert (len(exact), len(over)) == (1000, 1001)
+    resp = await client.post(URL, data=chunks(exact), headers=headers(exact))
+    assert resp.status == 201, await resp.text()
+    await assert_error(await client.post(URL, data=chunks(over), headers=headers(over)), 413, "payload_too_large")
+    assert [bytes(r["body"]) for r in await stored(db)] == [exact]
+
+
+async def test_a_batch_of_exactly_batch_max_items_is_accepted_and_one_more_is_413(make_client, db) -> None:
+    # The batch route's own limit, at its boundary (tests/web/test_batch_ingest.py has the rest).
+    client = await make_client(batch_max_items=3)
+    batch_url = "/pos/pos-terminal/ingest/batch"
+    three = orjson.dumps([{"event_id": str(n)} for n in range(3)])
+    four = orjson.dumps([{"event_id": str(n)} for n in range(4)])
+    resp = await client.post(batch_url, data=three, headers=headers(three))
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["counts"]["accepted"] == 3
+    await assert_error(await client.post(batch_url, data=four, headers=headers(four)), 413, "too_many_items")
+    assert len(await stored(db)) == 3
+
+
 async def test_non_json_content_type_is_415(client: TestClient, db) -> None:
     resp = await client.post(URL, data=BODY, headers=headers(BODY, **{"Content-Type": "text/plain"}))
     await assert_error(resp, 415, "unsupported_media_type")

@@ -1,0 +1,306 @@
+"""The curated mutants: each breaks one promise the service makes, with the
+smallest change that does, and names the few tests that must catch it.
+
+``original`` must occur exactly once in ``file`` (test_mutants_current.py
+checks it in every test run): when the code changes, the mutant is updated
+with it, never silently skipped. ``tests`` are pytest arguments (files or
+node ids), chosen narrow so that one mutant runs in seconds.
+
+To add one: pick a promise (a line of docs/ or a module docstring), find
+the line that keeps it, write the change that breaks it as an exact
+snippet and its replacement, name the tests that guard it, and run
+``python -m tests.mutation --only NAME``: it must be killed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Mutant:
+    name: str
+    promise: str
+    file: str          # relative to the repository's root
+    original: str      # occurs exactly once in file
+    replacement: str
+    tests: tuple[str, ...]
+
+
+SIG = "tests/intake/test_signatures.py"
+CLOVER = "tests/intake/test_providers_clover.py"
+STRIPE = "tests/intake/test_providers_stripe.py"
+CONTRACT = "tests/web/test_ingest_contract.py"
+DB_ERRORS = "tests/storage/test_db_errors.py::test_each_sqlstate_is_answered_by_the_rule_and_the_retry_is_stored_once"
+READ_API = "tests/web/test_read_api.py"
+ORDER = "tests/storage/test_delivery_order.py"
+
+MUTANTS: tuple[Mutant, ...] = (
+    # -- signatures: constant time, whole digests, every key ---------------------------------
+    Mutant(
+        "hmac-eq-not-compare-digest",
+        "signatures are compared in constant time (issue 17 §1, row 1)",
+        "codex_ingest/intake/signatures.py",
+        "matched |= hmac.compare_digest(digest, candidate)",
+        "matched |= digest.__eq__(candidate)",
+        (f"{SIG}::test_every_key_is_compared_with_compare_digest_over_whole_digests",
+         f"{SIG}::test_no_secret_signature_digest_or_token_is_compared_with_an_equality_operator"),
+    ),
+    Mutant(
+        "hmac-prefix-only",
+        "the whole signature is checked, not a prefix of it",
+        "codex_ingest/intake/signatures.py",
+        "matched |= hmac.compare_digest(digest, candidate)",
+        "matched |= hmac.compare_digest(digest[:4], candidate[:4])",
+        (f"{SIG}::test_a_candidate_wrong_only_in_its_last_byte_is_refused_after_a_whole_comparison",),
+    ),
+    Mutant(
+        "hmac-first-secret-only",
+        "rotation: any configured secret verifies",
+        "codex_ingest/intake/signatures.py",
+        "for digest in self.digests(*parts):",
+        "for digest in self.digests(*parts)[:1]:",
+        (f"{STRIPE}::test_rotation_both_secrets_verify_and_a_removed_one_does_not",),
+    ),
+    Mutant(
+        "hmac-first-candidate-only",
+        "any signature a provider lists (Stripe's v1s, Standard Webhooks' list) may match",
+        "codex_ingest/intake/signatures.py",
+        "for candidate in candidates:",
+        "for candidate in candidates[:1]:",
+        (f"{STRIPE}::test_any_v1_matching_passes",
+         "tests/intake/test_providers_standard_webhooks.py::test_any_signature_in_the_list_may_match"),
+    ),
+    Mutant(
+        "clover-auth-eq",
+        "Clover's auth code is compared in constant time",
+        "codex_ingest/intake/schemes/clover.py",
+        "matched |= hmac.compare_digest(digest, code)",
+        "matched |= digest == code",
+        (f"{SIG}::test_every_key_is_compared_with_compare_digest_over_whole_digests[clover]",
+         f"{SIG}::test_no_secret_signature_digest_or_token_is_compared_with_an_equality_operator"),
+    ),
+    Mutant(
+        "tolerance-one-sided",
+        "a timestamp further than tolerance_seconds from now, either way, is 401",
+        "codex_ingest/intake/schemes/base.py",
+        "if abs(now - timestamp) > tolerance:",
+        "if now - timestamp > tolerance:",
+        (f"{STRIPE}::test_replay_window_is_exact",),
+    ),
+    Mutant(
+        "stripe-tolerance-skipped",
+        "Stripe: a stale or replayed t is 401",
+        "codex_ingest/intake/schemes/stripe.py",
+        '        check_fresh(timestamp, self._clock(), self._tolerance, f"{HEADER} t")\n',
+        "",
+        (f"{STRIPE}::test_replay_window_is_exact", f"{STRIPE}::test_tolerance_is_per_source"),
+    ),
+    Mutant(
+        "square-url-unsigned",
+        "Square signs the notification URL before the body",
+        "codex_ingest/intake/schemes/square.py",
+        'prefix=notification_url.encode("utf-8")',
+        'prefix=b""',
+        ("tests/intake/test_providers_square.py::test_published_vector_is_accepted_with_its_merchant_and_event_id",),
+    ),
+    # -- dedup: one INSERT decides, a conflict replaces nothing -----------------------------
+    Mutant(
+        "dedup-insert-replaces",
+        "a key stored before is never replaced (one event)",
+        "sql/events.sql",
+        "ON CONFLICT (tenant_id, source, idempotency_key) DO NOTHING\nRETURNING id, received_at;",
+        "ON CONFLICT (tenant_id, source, idempotency_key) DO UPDATE SET body = EXCLUDED.body,"
+        " body_sha256 = EXCLUDED.body_sha256\nRETURNING id, received_at;",
+        (f"{CONTRACT}::test_same_key_different_body_is_422_and_nothing_replaced",
+         f"{CONTRACT}::test_same_key_same_body_is_200_duplicate_with_original_id"),
+    ),
+    Mutant(
+        "dedup-batch-replaces",
+        "a key stored before is never replaced (micro-batches)",
+        "sql/events.sql",
+        "ON CONFLICT (tenant_id, source, idempotency_key) DO NOTHING\n"
+        "RETURNING id, tenant_id, source, idempotency_key, received_at;",
+        "ON CONFLICT (tenant_id, source, idempotency_key) DO UPDATE SET body = EXCLUDED.body,"
+        " body_sha256 = EXCLUDED.body_sha256\nRETURNING id, tenant_id, source, idempotency_key, received_at;",
+        (f"{CONTRACT}::test_same_key_different_body_is_422_and_nothing_replaced",
+         f"{CONTRACT}::test_same_key_same_body_is_200_duplicate_with_original_id"),
+    ),
+    Mutant(
+        "conflict-taken-for-duplicate",
+        "same key, different body: 422, not a 200 duplicate",
+        "codex_ingest/storage/store.py",
+        "Outcome.DUPLICATE if same else Outcome.CONFLICT",
+        "Outcome.DUPLICATE",
+        (f"{CONTRACT}::test_same_key_different_body_is_422_and_nothing_replaced",),
+    ),
+    Mutant(
+        "clover-conflicts-ignored",
+        "Clover: a change stored before with another body makes the request 422, the others stored"
+        " (issue 17 §1, row 3)",
+        "codex_ingest/web/ingest.py",
+        "    if conflicts:\n",
+        "    if False:\n",
+        (f"{CLOVER}::test_a_change_stored_before_with_another_body_makes_the_request_422_and_the_others_are_stored",),
+    ),
+    Mutant(
+        "clover-first-failure-wins",
+        "in a multi-event request a 503 wins over a 400, so the provider retries (issue 17 §1, row 4)",
+        "codex_ingest/web/ingest.py",
+        "if failure is None or (isinstance(result, DatabaseUnavailable) and not isinstance(failure, DatabaseUnavailable)):",
+        "if failure is None:",
+        (f"{CLOVER}::test_a_503_wins_over_a_400_in_one_notification_so_clover_retries",),
+    ),
+    # -- what the database says: one rule ---------------------------------------------------
+    Mutant(
+        "class-22-answered-503",
+        "a 4xx only for the event's own values (class 22), never a 503 the sender retries forever",
+        "codex_ingest/storage/dberrors.py",
+        "    if is_row_fault(exc):\n        return EventRejected()",
+        "    if is_row_fault(exc):\n        return DatabaseUnavailable(retry_after=retry_after)",
+        (f"{DB_ERRORS}[direct-22001]", f"{DB_ERRORS}[batched-22001]"),
+    ),
+    Mutant(
+        "server-state-answered-500",
+        "a state of the server that can pass (disk full, read-only) is 503, not 500",
+        "codex_ingest/storage/dberrors.py",
+        "return state[:2] in _SERVER_STATE_CLASSES or state in _OPERATOR_STATES",
+        "return state in _OPERATOR_STATES",
+        (f"{DB_ERRORS}[direct-53100]", f"{DB_ERRORS}[batched-25006]"),
+    ),
+    Mutant(
+        "retry-after-missing",
+        "every 503 carries Retry-After",
+        "codex_ingest/errors.py",
+        '        super().__init__(detail)\n        self.headers = {"Retry-After": str(retry_after)}\n\n\n'
+        "class UnsupportedContentEncoding",
+        "        super().__init__(detail)\n\n\nclass UnsupportedContentEncoding",
+        (f"{DB_ERRORS}[direct-53100]",),
+    ),
+    # -- the read side: the cursor and the horizon ------------------------------------------
+    Mutant(
+        "read-past-the-delivery-horizon",
+        "only rows older than every running transaction are served: a late commit is never skipped",
+        "sql/read.sql",
+        "  AND xact < (SELECT pg_snapshot_xmin(pg_current_snapshot()))\n",
+        "",
+        (f"{ORDER}::test_an_event_that_commits_late_is_read_once_by_cursor_and_skipped_by_id",),
+    ),
+    Mutant(
+        "read-ordered-by-id",
+        "delivery order is (xact, id), the cursor's order",
+        "sql/read.sql",
+        "ORDER BY xact, id\nLIMIT $5;",
+        "ORDER BY id\nLIMIT $5;",
+        (f"{ORDER}::test_delivery_order_is_numeric_when_transaction_ids_gain_a_digit",),
+    ),
+    Mutant(
+        "read-ordered-as-text",
+        "delivery order is numeric when transaction ids gain a digit",
+        "sql/read.sql",
+        "ORDER BY xact, id\nLIMIT $5;",
+        "ORDER BY xact::text, id\nLIMIT $5;",
+        (f"{ORDER}::test_delivery_order_is_numeric_when_transaction_ids_gain_a_digit",),
+    ),
+    Mutant(
+        "read-cursor-inclusive",
+        "following next_cursor gets every event once: the cursor's own event is not repeated",
+        "sql/read.sql",
+        "AND (xact, id) > ($3::text::xid8, $4::bigint)",
+        "AND (xact, id) >= ($3::text::xid8, $4::bigint)",
+        (f"{READ_API}::test_following_next_cursor_gets_every_event_once_in_order_with_limit_and_source",),
+    ),
+    Mutant(
+        "expired-cursor-reads-on",
+        "a cursor behind purged events is 410, not a silent gap",
+        "codex_ingest/storage/delivery.py",
+        'if horizon is not None and after < Cursor(int(horizon["xact"]), horizon["id"]):',
+        "if False:",
+        (f"{READ_API}::test_a_cursor_behind_purged_events_is_410_and_a_fresh_read_starts_after_them",),
+    ),
+    # -- retention --------------------------------------------------------------------------
+    Mutant(
+        "purge-horizon-moves-back",
+        "the purge horizon never moves back (issue 17 §1, row 2)",
+        "sql/retention.sql",
+        "\n    WHERE (h.xact, h.id) < (EXCLUDED.xact, EXCLUDED.id)",
+        "",
+        ("tests/storage/test_purge_horizon.py",),
+    ),
+    Mutant(
+        "purge-horizon-first-deleted",
+        "the horizon is the last (xact, id) deleted, not the first",
+        "sql/retention.sql",
+        "ORDER BY tenant_id, xact DESC, id DESC",
+        "ORDER BY tenant_id, xact, id",
+        (f"{READ_API}::test_a_cursor_behind_purged_events_is_410_and_a_fresh_read_starts_after_them",),
+    ),
+    Mutant(
+        "purge-ignores-the-cutoff",
+        "retention deletes only events older than the window",
+        "sql/retention.sql",
+        "SELECT id FROM events WHERE received_at < $1 ORDER BY id",
+        "SELECT id FROM events WHERE received_at < greatest($1, now()) ORDER BY id",
+        ("tests/storage/test_purge_horizon.py",),
+    ),
+    # -- body and batch limits --------------------------------------------------------------
+    Mutant(
+        "max-body-off-by-one",
+        "a body of exactly MAX_BODY_BYTES is accepted",
+        "codex_ingest/web/body.py",
+        "if declared is not None and declared > max_bytes:",
+        "if declared is not None and declared >= max_bytes:",
+        (f"{CONTRACT}::test_body_over_max_body_bytes_is_413",),
+    ),
+    Mutant(
+        "chunked-body-off-by-one",
+        "a chunked body of exactly MAX_BODY_BYTES is accepted, one byte more is 413",
+        "codex_ingest/web/body.py",
+        "if size > max_bytes:",
+        "if size >= max_bytes:",
+        (f"{CONTRACT}::test_a_chunked_body_of_exactly_the_limit_is_accepted_and_one_byte_more_is_413",),
+    ),
+    Mutant(
+        "batch-items-off-by-one",
+        "a batch of exactly BATCH_MAX_ITEMS events is accepted",
+        "codex_ingest/intake/batch.py",
+        "if len(items) > max_items:",
+        "if len(items) >= max_items:",
+        (f"{CONTRACT}::test_a_batch_of_exactly_batch_max_items_is_accepted_and_one_more_is_413",),
+    ),
+    # -- read tokens, durability, the rate limit --------------------------------------------
+    Mutant(
+        "token-reads-another-tenant",
+        "a read token reads only its own tenants",
+        "codex_ingest/web/auth.py",
+        "if tenants is not None and tenant not in tenants:",
+        "if tenants is not None and not tenants:",
+        (f"{READ_API}::test_a_token_reads_only_its_tenants",),
+    ),
+    Mutant(
+        "synchronous-commit-off",
+        "a 2xx means committed and flushed: synchronous_commit is pinned on",
+        "codex_ingest/storage/pool.py",
+        '"synchronous_commit": "on"',
+        '"synchronous_commit": "off"',
+        ("tests/storage/test_dbpool.py::test_connections_commit_synchronously",),
+    ),
+    Mutant(
+        "ratelimit-burst-plus-one",
+        "the rate limit lets through a burst, not one more",
+        "codex_ingest/intake/ratelimit.py",
+        "if tokens >= 1.0:",
+        "if tokens >= 0.0:",
+        ("tests/intake/test_ratelimit.py::test_burst_then_refusal_with_the_wait_until_the_next_token",),
+    ),
+    Mutant(
+        "ratelimit-shared-across-sources",
+        "the rate limit is per (tenant, source)",
+        "codex_ingest/intake/ratelimit.py",
+        "key = (tenant, source)",
+        'key = (tenant, "")',
+        ("tests/intake/test_ratelimit.py::test_buckets_are_per_tenant_and_per_source",),
+    ),
+)
+
+BY_NAME = {m.name: m for m in MUTANTS}
