@@ -8,9 +8,3 @@ SELECT idempotency_key, count(*) AS copies
 FROM events
 WHERE tenant_id = $1 AND source = $2
 GROUP BY idempotency_key;
-
--- name: writes_waiting_on_locks
--- How many of the service's connections (application_name codex-ingest)
--- are waiting on a lock right now: tests use it to know a write is in flight.
-SELECT count(*) FROM pg_stat_activity
-WHERE application_name = 'codex-ingest' AND wait_event_type = 'Lock';

@@ -15,11 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.local import free_port
-from codex_ingest.settings import SERVE_OPTIONS
+from tests.cli import BASE_ENV, wait_healthy
 from tests.helpers import SECRET
-from tests.test_cli import wait_healthy
-
-BASE_ENV = {k: v for k, v in os.environ.items() if k not in {o.env for o in SERVE_OPTIONS}}
 
 
 @dataclass(frozen=True)
@@ -37,8 +34,6 @@ class Live:
         """What the service wrote to stderr so far (JSON lines)."""
         with open(self.log_file, encoding="utf-8", errors="replace") as f:
             return f.read()
-
-
 
 
 @contextlib.contextmanager

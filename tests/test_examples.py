@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import select
 import signal
 import subprocess
@@ -16,14 +17,17 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.local import free_port
 from codex_ingest.storage import migrations
 from tests import pg
-from tests.helpers import READ_TOKEN, SECRET, sign
-from tests.live import BASE_ENV, Live, serve
+from tests.cli import BASE_ENV
+from tests.helpers import READ_TOKEN, SECRET, sign, wait_until
+from tests.live import Live, serve
 
 CONSUMER = Path(__file__).resolve().parent.parent / "examples" / "consumer.py"
 OTHER_TENANT_TOKEN = "reader-token-someone-else-0123456789"
@@ -183,15 +187,40 @@ def following(live_url: str, tenant: str, cursor: Path) -> Iterator[subprocess.P
                 proc.kill()
 
 
+def readers_waiting(live: Live) -> float:
+    """The service's codex_ingest_readers_waiting: reads parked at the head now."""
+    with urllib.request.urlopen(f"{live.url}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return next(s.value for family in text_string_to_metric_families(text) for s in family.samples
+                if s.name == "codex_ingest_readers_waiting")
+
+
+def read_until(stream: IO[str], marker: str, timeout: float) -> str:
+    """What ``stream`` (a child's pipe) says up to and including ``marker``;
+    fails with what it said if ``marker`` does not come within ``timeout``."""
+    said = b""
+    deadline = time.monotonic() + timeout
+    while marker.encode() not in said:
+        ready, _, _ = select.select([stream], [], [], max(0.0, deadline - time.monotonic()))
+        chunk = os.read(stream.fileno(), 4096) if ready else b""
+        assert chunk, f"no {marker!r} within {timeout} s: {said.decode(errors='replace')!r}"
+        said += chunk
+    return said.decode(errors="replace")
+
+
 def test_long_polls_then_stops_cleanly_on_sigterm(live: Live, tenant: str, tmp_path: Path) -> None:
     cursor = tmp_path / "cursor"
+    # A consumer an earlier test stopped may have left its read waiting on the server (up to its wait=25).
+    wait_until(lambda: readers_waiting(live) == 0, "earlier readers to leave the head", timeout=60)
     with following(live.url, tenant, cursor) as proc:
-        time.sleep(1)  # waiting at the head (wait=25) by now
+        wait_until(lambda: readers_waiting(live) == 1, "the consumer to wait at the head")
         post(live, tenant, "k0")
-        assert json.loads(read_line(proc, 10))["idempotency_key"] == "k0"  # woken, not at its timeout
-        time.sleep(0.5)  # back in its wait
+        # Woken by the write, not at its 25 s timeout: a bound far from both.
+        assert json.loads(read_line(proc, 15))["idempotency_key"] == "k0"
+        # Back in its wait (the read it was woken from has left the head; this is its next).
+        wait_until(lambda: readers_waiting(live) == 1, "the consumer to wait at the head again")
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=5) == 0  # the long-poll is cut short, not waited out
+        assert proc.wait(timeout=15) == 0  # the long-poll is cut short, not waited out (25 s)
     assert cursor.read_text().strip()
     status, printed, stderr = consume(live, tenant, cursor)
     assert (status, printed) == (0, []), stderr
@@ -199,10 +228,11 @@ def test_long_polls_then_stops_cleanly_on_sigterm(live: Live, tenant: str, tmp_p
 
 def test_retries_while_the_service_is_unreachable(tmp_path: Path) -> None:
     with following(f"http://127.0.0.1:{free_port()}", "shop-1", tmp_path / "cursor") as proc:
-        time.sleep(2.5)  # tries at 0, 1 and 3 s: it keeps going
+        assert proc.stderr is not None
+        # Tries at 0, 1 and 3 s: after its second failure it says it waits 2 s, and keeps going.
+        said = read_until(proc.stderr, "retrying in 2 s", timeout=30)
         assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=5) == 0  # stopped during its backoff
-        assert proc.stderr is not None
-        stderr = proc.stderr.read()
+        assert proc.wait(timeout=15) == 0  # stopped during its backoff
+        stderr = said + proc.stderr.read()
     assert "retrying in 1 s" in stderr and "retrying in 2 s" in stderr, stderr

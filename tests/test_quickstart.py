@@ -33,8 +33,7 @@ import pytest
 
 from bench.local import free_port
 from codex_ingest.storage import migrations
-from tests.live import BASE_ENV
-from tests.test_cli import wait_healthy
+from tests.cli import BASE_ENV, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "quickstart.md"

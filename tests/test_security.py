@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
+import pytest
 from aiohttp.test_utils import TestClient
 
 from bench.local import free_port
@@ -20,6 +21,9 @@ from codex_ingest.storage import migrations
 from tests import pg
 from tests.cli import ROOT, run_cli
 from tests.helpers import headers, sign
+
+# The write path: batched and direct writes must each keep these promises.
+pytestmark = pytest.mark.both_write_paths
 
 PACKAGE = ROOT / "codex_ingest"
 

@@ -19,7 +19,7 @@ from codex_ingest.storage import migrations
 from tests import pg
 from tests.helpers import SECRET
 from tests.live import Live, serve
-from tests.test_cli import run_cli
+from tests.cli import run_cli
 
 STEPS = ["healthz", "readyz", "event", "replay", "bad-signature", "metrics"]
 

@@ -1,20 +1,19 @@
-"""Helpers of the fault tests: start services, hold an event's key, and wait for things."""
+"""Helpers of the fault tests: start services, hold an event's key, settle the load, and the recovery bound."""
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
-import asyncpg
-
 from bench.faults import SOURCE, SignedLoad, status_counts, stored_copies
-from bench.service import Service
 from bench.local import free_port
-from codex_ingest.storage.queries import load_queries
+from bench.service import Service
+from tests.db_faults import HeldKey, hold_key
 from tests.helpers import SECRET
+
+# The spec: ingest is back by itself within 5 s of the database being back.
+RECOVERY_BOUND = 5.0
 
 
 @contextmanager
@@ -39,57 +38,13 @@ def service_factory(log_dir: Path, **base_env: str) -> Iterator[Callable[..., Se
 
 
 @asynccontextmanager
-async def key_held(database_url: str, load: SignedLoad, n: int) -> AsyncIterator[asyncpg.transaction.Transaction]:
+async def key_held(database_url: str, load: SignedLoad, n: int) -> AsyncIterator[HeldKey]:
     """Another writer inserts event n, uncommitted: the service's INSERT of it waits on the
-    lock until the transaction yielded here commits or rolls back (rolled back on exit if open)."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        tx = conn.transaction()
-        await tx.start()
-        body, headers = load.request(n)
-        await conn.fetchrow(
-            load_queries().sql("insert_event"),
-            load.tenant,                      # $1 tenant_id
-            SOURCE,                           # $2 source
-            headers["Idempotency-Key"],       # $3 idempotency_key
-            hashlib.sha256(body).digest(),    # $4 body_sha256
-            body,                             # $5 body
-            "application/json",               # $6 content_type
-        )
-        yield tx
-    finally:
-        await conn.close()  # an open transaction rolls back
-
-
-async def writes_waiting(database_url: str) -> int:
-    conn = await asyncpg.connect(database_url)
-    try:
-        return int(await conn.fetchval(load_queries().sql("writes_waiting_on_locks")))
-    finally:
-        await conn.close()
-
-
-async def until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    """Wait for a condition; fail saying what never happened."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-async def until_waiting(database_url: str, count: int = 1, timeout: float = 30.0) -> None:
-    """Wait until the service has ``count`` writes blocked on a lock."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while await writes_waiting(database_url) < count:
-        if loop.time() > deadline:
-            raise AssertionError("the service's write never reached the held key")
-        await asyncio.sleep(0.05)
-
-
-
+    lock until the HeldKey yielded here commits or rolls back (rolled back on exit if open)."""
+    body, headers = load.request(n)
+    async with hold_key(database_url, tenant=load.tenant, source=SOURCE, key=headers["Idempotency-Key"],
+                        body=body) as held:
+        yield held
 
 
 async def resend_settles(load: SignedLoad, url: str) -> None:

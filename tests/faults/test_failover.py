@@ -28,15 +28,16 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from bench.chaos import FAILOVER_ENV, first_2xx_after, watchdog
 from bench.faults import Answer, SignedLoad, status_counts, stored_copies, verdict
-from bench.service import Service
 from bench.replication import ReplicaPair
+from bench.service import Service
 from codex_ingest.storage import migrations
-from tests.faults.harness import resend_settles, service_factory, until
-from tests.helpers import SECRET
+from tests.faults.harness import resend_settles, service_factory
+from tests.helpers import SECRET, until
 
 INGEST = "/pos/chaos/ingest"
 RECOVERY_BOUND = 30.0  # seconds from the kill to the first 2xx; ~1.3 s here (1 s of it before the promotion)
@@ -98,7 +99,9 @@ async def failover_under_load(pair: ReplicaPair, service: Service, sync_state: s
         kill_issued = time.monotonic()
         killed = await asyncio.to_thread(pair.kill_primary)
         down = time.monotonic()
-        await asyncio.sleep(OUTAGE)
+        await asyncio.sleep(OUTAGE)  # the scenario: this long without a primary ...
+        # ... and at least one answer in it, to check.
+        await until(lambda: any(a.sent >= down for a in load.answers), "an answer while there is no primary")
         promoting = time.monotonic()
         await asyncio.to_thread(pair.promote)
         await until(lambda: first_2xx_after(load.answers, down) is not None, "a 2xx from the new primary", 40)
@@ -195,16 +198,29 @@ async def test_switchover_while_no_host_is_writable_answers_503(start_pair, make
     """A planned switchover: the primary is demoted to read-only (still up, still streaming), then the
     standby is promoted. In between both servers answer and neither is writable."""
     async with synchronous_pair_under_load(start_pair, make_service) as (pair, load):
-        await asyncio.to_thread(pair.make_primary_read_only)
+        # A session that predates the demotion: it sees the reload once the postmaster has signalled
+        # every session (all at once); from then on each reads it before its next command.
+        witness = await asyncpg.connect(pair.primary.url())
+        try:
+            await asyncio.to_thread(pair.make_primary_read_only)
+
+            async def demoted_everywhere() -> bool:
+                return await witness.fetchval("SHOW default_transaction_read_only") == "on"
+
+            await until(demoted_everywhere, "the demotion's reload to reach the primary's sessions")
+        finally:
+            await witness.close()
         demoted = time.monotonic()
-        await asyncio.sleep(OUTAGE)
+        await asyncio.sleep(OUTAGE)  # the scenario: this long with no writable host ...
+        # ... and at least one answer in it, to check.
+        await until(lambda: any(a.sent >= demoted for a in load.answers), "an answer while no host is writable")
         promoting = time.monotonic()
         await asyncio.to_thread(pair.promote)
         await until(lambda: first_2xx_after(load.answers, promoting) is not None, "a 2xx from the new primary", 40)
     copies = await stored_copies(pair.standby.url(), load.tenant)
     assert verdict(load, copies)["lost"] == 0 and set(copies.values()) == {1}
-    # Before the demotion's reload reached every session, a request may still have been answered 201.
-    during = [a for a in load.answers if a.sent >= demoted + 0.2 and a.answered <= promoting]
+    # Sent once every session had the reload: refused, each of them. (Before, one may still have been answered 201.)
+    during = [a for a in load.answers if a.sent >= demoted and a.answered <= promoting]
     assert during and all(a.status == 503 and a.retry_after for a in during), status_counts(during)
 
 

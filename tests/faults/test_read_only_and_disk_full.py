@@ -23,7 +23,10 @@ from codex_ingest.settings import Settings
 from codex_ingest.storage import migrations
 from codex_ingest.web.app import create_app
 from tests import pg, programs
-from tests.helpers import SECRET, headers
+from tests.helpers import SECRET, headers, until
+
+# The write path: batched and direct writes must each keep these promises.
+pytestmark = pytest.mark.both_write_paths
 
 URL = "/pos/toast/ingest"
 RECOVERY_BOUND = 5.0
@@ -71,7 +74,13 @@ async def test_a_read_only_database_is_503_and_writable_again_within_5_s_without
 
         await admin.execute("ALTER SYSTEM SET default_transaction_read_only = on")
         await admin.execute("SELECT pg_reload_conf()")
-        await asyncio.sleep(0.3)  # sessions pick the reload up at their next command
+
+        async def reloaded() -> bool:
+            return await admin.fetchval("SHOW default_transaction_read_only") == "on"
+
+        # Sessions pick the reload up at their next command once the postmaster has signalled them:
+        # it has, when this session sees it (it signals them all at once).
+        await until(reloaded, "the reload to reach the sessions")
 
         during = b'{"guid":"during"}'
         for _ in range(3):

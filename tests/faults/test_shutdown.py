@@ -26,8 +26,11 @@ from codex_ingest.settings import Settings
 from codex_ingest.web.app import create_app
 from codex_ingest.web.connection import ServiceRunner
 from codex_ingest.web.server import make_runner
-from tests.faults.harness import key_held, service_factory, until, until_waiting, writes_waiting
-from tests.helpers import SECRET
+from tests.faults.harness import key_held, service_factory
+from tests.helpers import SECRET, until
+
+# The write path: batched and direct writes must each keep these promises.
+pytestmark = pytest.mark.both_write_paths
 
 INGEST = "/pos/chaos/ingest"
 
@@ -73,31 +76,23 @@ async def test_sigterm_waits_for_a_write_in_flight_answers_it_and_refuses_new_co
     service = make_service(2, SHUTDOWN_GRACE_SECONDS="30")
     await asyncio.to_thread(service.start)
     load = SignedLoad(service.base_url + INGEST, secret=SECRET, timeout=60)
-    async with key_held(database_url, load, 0) as tx, load.session() as session:
+    async with key_held(database_url, load, 0) as held, load.session() as session:
         in_flight = asyncio.create_task(load.send(session, 0))
-        await until_waiting(database_url)
+        assert await held.until_blocked() == ["codex-ingest"]
         stopping = asyncio.create_task(asyncio.to_thread(service.terminate))
-        await until_async(lambda: listeners(service.port) == 0, "the listening sockets to close")
-        await asyncio.sleep(0.5)
-        assert not stopping.done() and not in_flight.done()  # shutdown waits for the write
+        # listeners() reads /proc: in a thread.
+        await until(lambda: asyncio.to_thread(lambda: listeners(service.port) == 0), "the listening sockets to close")
         async with load.session() as fresh:
             refused = await load.send(fresh, 1)
         assert refused.status == 0, refused  # no longer accepting
-        await tx.rollback()  # the held key is free: the service's INSERT goes through
+        # Shutting down, and waiting for the write: still blocked on the held key, neither cancelled nor answered.
+        assert await held.waiters() == ["codex-ingest"]
+        assert not stopping.done() and not in_flight.done()
+        await held.rollback()  # the held key is free: the service's INSERT goes through
         answer = await in_flight
     assert answer.status == 201
     assert await stopping == 0
     assert await stored_copies(database_url, load.tenant) == {load.key(0): 1}
-
-
-async def until_async(condition, what: str, timeout: float = 30.0) -> None:
-    """until() for a condition that reads files: checked in a thread."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await asyncio.to_thread(condition):
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def test_sigterm_past_the_grace_cancels_the_write_and_never_acknowledges_it(
@@ -106,14 +101,14 @@ async def test_sigterm_past_the_grace_cancels_the_write_and_never_acknowledges_i
     service = make_service(1, SHUTDOWN_GRACE_SECONDS="1", DB_WRITE_TIMEOUT="3")
     await asyncio.to_thread(service.start)
     load = SignedLoad(service.base_url + INGEST, secret=SECRET, timeout=60)
-    async with key_held(database_url, load, 0) as tx, load.session() as session:
+    async with key_held(database_url, load, 0) as held, load.session() as session:
         in_flight = asyncio.create_task(load.send(session, 0))
-        await until_waiting(database_url)
+        assert await held.until_blocked() == ["codex-ingest"]
         began = time.monotonic()
         code = await asyncio.to_thread(service.terminate)
         took = time.monotonic() - began
         answer = await in_flight
-        await tx.rollback()  # only now, after the service is gone
+        await held.rollback()  # only now, after the service is gone
     assert code == 0
     # Grace (1 s, then aiohttp cancels and waits up to 1 s more), the batch's DB_WRITE_TIMEOUT (3 s),
     # the pool's close; plus a margin for a slow machine.
@@ -130,8 +125,9 @@ async def test_sigterm_past_the_grace_cancels_the_write_and_never_acknowledges_i
 async def test_a_client_that_disconnects_mid_write_has_its_event_stored_once(
     database_url: str, batching: bool, cancellation: bool
 ) -> None:
+    # DB_WRITE_TIMEOUT out of reach: nothing but the disconnect could end the write while it waits.
     settings = Settings(webhook_secret=SECRET, database_url=database_url, db_pool_min=1, db_pool_max=4,
-                        batching=batching)
+                        db_write_timeout=120.0, batching=batching)
     app = create_app(settings)
     # As served: make_runner, exactly as `serve` builds it (handler_cancellation off).
     # handler_cancellation on (aiohttp's test server, or someone turning it on): the
@@ -143,21 +139,23 @@ async def test_a_client_that_disconnects_mid_write_has_its_event_stored_once(
     port = runner.addresses[0][1]
     load = SignedLoad(f"http://127.0.0.1:{port}{INGEST}", secret=SECRET)
     try:
-        async with key_held(database_url, load, 0) as tx:
+        async with key_held(database_url, load, 0) as held:
             body, headers = load.request(0)
             _, writer = await asyncio.open_connection("127.0.0.1", port)
             head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
             writer.write(f"POST {INGEST} HTTP/1.1\r\nHost: x\r\n{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
             await writer.drain()
-            await until_waiting(database_url)
+            assert await held.until_blocked() == ["codex-ingest"]
             writer.transport.abort()  # the client goes away while its INSERT waits on the lock
+            # The server has seen it (connection_lost: and, with handler_cancellation on, cancelled the handler).
+            await until(lambda: all(c.transport is None for c in runner.server.connections),
+                        "the server to see the client gone")
+            # Then a chance for a cancelled write to leave the lock, not a wait for a condition: a write
+            # that survives its client stays blocked however slow the machine.
             await asyncio.sleep(0.3)
-            assert await writes_waiting(database_url) == 1  # the write was not cancelled with it
-            await tx.rollback()
-        for _ in range(200):
-            if await stored_copies(database_url, load.tenant):
-                break
-            await asyncio.sleep(0.05)
+            assert await held.waiters() == ["codex-ingest"]  # the write was not cancelled with it
+            await held.rollback()
+        await until(lambda: stored_copies(database_url, load.tenant), "the write to commit")
         assert await stored_copies(database_url, load.tenant) == {load.key(0): 1}
         async with aiohttp.ClientSession() as session:
             async with session.post(load.url, data=body, headers=headers) as resp:

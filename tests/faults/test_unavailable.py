@@ -13,8 +13,11 @@ from bench.faults import SignedLoad, status_counts, stored_copies, verdict
 from codex_ingest.settings import Settings
 from codex_ingest.storage import migrations
 from codex_ingest.web.app import create_app
-from tests.faults.harness import key_held, resend_settles, until
-from tests.helpers import SECRET, headers
+from tests.faults.harness import RECOVERY_BOUND, key_held, resend_settles
+from tests.helpers import SECRET, headers, until
+
+# The write path: batched and direct writes must each keep these promises.
+pytestmark = pytest.mark.both_write_paths
 
 URL = "/pos/toast/ingest"
 
@@ -81,7 +84,6 @@ async def test_database_stopped_mid_test_gives_503_then_recovers(aiohttp_client,
 WRITE_TIMEOUT = 3.0
 # Every ingest is answered within DB_WRITE_TIMEOUT; the margin is for a slow machine.
 ANSWER_BOUND = WRITE_TIMEOUT + 5.0
-RECOVERY_BOUND = 5.0  # the spec: back by itself within 5 s of the database
 
 
 @pytest.mark.parametrize("batching", [True, False], ids=["batched", "direct"])
@@ -110,7 +112,7 @@ async def test_outage_under_load_is_503_within_bounds_and_recovery_takes_under_5
         await until(lambda: len(load.acknowledged) >= 40, "acknowledgements before the outage")
         await asyncio.to_thread(own_server.stop, "immediate")
         down = loop.time()
-        await asyncio.sleep(1.0)
+        await until(lambda: any(a.sent >= down for a in load.answers), "an answer to a request sent during the outage")
         readiness_down = (await client.get("/readyz")).status
         starting = loop.time()
         await asyncio.to_thread(own_server.start)

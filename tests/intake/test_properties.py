@@ -21,8 +21,8 @@ from codex_ingest.intake.signatures import HmacSha256Verifier
 from codex_ingest.intake.sources import parse_sources
 from tests.helpers import SECRET, sign
 from tests.live import Live
+from tests.provider_sources import NOW, SOURCES_TOML
 from tests.rawhttp import build, exchange_sync
-from tests.web import test_hostile_input
 
 VERIFIER = HmacSha256Verifier(SECRET)
 
@@ -145,11 +145,11 @@ SCHEME_HEADERS = [
     "X-Shopify-Shop-Domain", "Stripe-Signature", "webhook-id", "webhook-timestamp", "webhook-signature",
     "Toast-Signature", "Toast-Restaurant-External-ID", "X-Clover-Auth", "X-Signature", "Idempotency-Key",
 ]
-SCHEMES = build_sources(parse_sources(test_hostile_input.SOURCES_TOML + """
+SCHEMES = build_sources(parse_sources(SOURCES_TOML + """
 [sources.pos]
 scheme = "hmac-sha256"
 secrets = ["k"]
-""", {}), lambda: float(test_hostile_input.NOW)).schemes
+""", {}), lambda: float(NOW)).schemes
 
 
 @given(

@@ -7,8 +7,12 @@ import logging
 import orjson
 import pytest
 
+from tests.db_faults import sqlstate_fault
 from tests.helpers import assert_error, stored
 from tests.provider_helpers import events_total, payload
+
+# The write path: batched and direct writes must each keep these promises.
+pytestmark = pytest.mark.both_write_paths
 
 URL = "/pos/clover/ingest"
 TOML = """
@@ -152,24 +156,12 @@ async def test_a_change_the_database_cannot_take_fails_the_request_with_503_and_
     failing_mid, failing = CHANGES[2]
     # A real failure from the real database for one change (SQLSTATE 53000,
     # insufficient resources: transient, so 503), not a mock.
-    await db.execute(f"""
-        CREATE FUNCTION fail_one_change() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF NEW.idempotency_key = '{key_of(failing_mid, failing)}' THEN
-                RAISE EXCEPTION 'disk full (test)' USING ERRCODE = '53000';
-            END IF;
-            RETURN NEW;
-        END $$;
-        CREATE TRIGGER fail_one_change BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION fail_one_change();
-    """)
-    try:
+    async with sqlstate_fault(db, "53000", key=key_of(failing_mid, failing)):
         client = await provider_client(TOML, ENV)
         resp = await client.post(URL, data=BODY, headers=headers())
         await assert_error(resp, 503, "database_unavailable")
         assert "Retry-After" in resp.headers
         assert key_of(failing_mid, failing) not in {r["idempotency_key"] for r in await stored(db)}
-    finally:
-        await db.execute("DROP TRIGGER fail_one_change ON events; DROP FUNCTION fail_one_change();")
     retry = await client.post(URL, data=BODY, headers=headers())
     assert retry.status == 201
     statuses = {e["idempotency_key"]: e["status"] for e in (await retry.json())["events"]}

@@ -286,6 +286,14 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/storage/test_dbpool.py::test_connections_commit_synchronously",),
     ),
     Mutant(
+        "synchronous-commit-unpinned",
+        "synchronous_commit is pinned on by the service, whatever the server's default",
+        "codex_ingest/storage/pool.py",
+        '{"application_name": "codex-ingest", "synchronous_commit": "on"}',
+        '{"application_name": "codex-ingest"}',
+        ("tests/storage/test_dbpool.py::test_connections_commit_synchronously_on_a_server_whose_default_is_off",),
+    ),
+    Mutant(
         "ratelimit-burst-plus-one",
         "the rate limit lets through a burst, not one more",
         "codex_ingest/intake/ratelimit.py",

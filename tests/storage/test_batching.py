@@ -15,6 +15,7 @@ from codex_ingest.events import IncomingEvent, Outcome
 from codex_ingest.storage.batching import BatchWriter
 from codex_ingest.storage.queries import load_queries
 from codex_ingest.storage.store import EventStore
+from tests.db_faults import hold_key
 
 
 def event(key: str, body: bytes, *, tenant: str = "t1", content_type: str | None = "application/json") -> IncomingEvent:
@@ -132,28 +133,36 @@ async def test_batches_respect_max_rows_and_every_request_gets_its_own_answer(st
 
 
 async def test_a_cancelled_request_is_committed_with_its_batch_or_not_at_all(store, db) -> None:
-    writer = BatchWriter(store, max_rows=100, max_delay=0.2, max_concurrent=2, retry_after=3)
+    # The batch is cut by size (its third event), never by the clock: max_delay
+    # is out of reach, so a slow machine cannot write it before the cancel.
+    writer = BatchWriter(store, max_rows=3, max_delay=60, max_concurrent=2, retry_after=3)
     gone = asyncio.create_task(writer.submit(event("gone", b"{}")))
     stays = asyncio.create_task(writer.submit(event("stays", b"{}")))
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0)  # one turn of the loop: both tasks run up to their wait (asyncio runs them in order)
+    assert store.batch_sizes == [] and not gone.done() and not stays.done()
     gone.cancel()  # the client disconnected while its batch was gathering
+    third = await writer.submit(event("third", b"{}"))  # the batch is full: written now
     result = await stays
     await writer.close()
     assert gone.cancelled()
-    assert result.outcome is Outcome.ACCEPTED
-    # Both were in the batch that committed: the cancelled one is stored
+    assert result.outcome is Outcome.ACCEPTED and third.outcome is Outcome.ACCEPTED
+    assert store.batch_sizes == [3]
+    # All three were in the batch that committed: the cancelled one is stored
     # (never acknowledged); a retry of it will be answered as a duplicate.
-    assert await count(db) == 2
+    assert await count(db) == 3
     (retry,) = await store.store_batch([event("gone", b"{}")])
     assert retry.outcome is Outcome.DUPLICATE
 
 
 async def test_shutdown_writes_pending_batches_and_refuses_new_ones(store, db) -> None:
-    writer = BatchWriter(store, max_rows=100, max_delay=5.0, max_concurrent=2, retry_after=3)
+    # A delay out of reach: only close() can cut this batch.
+    writer = BatchWriter(store, max_rows=100, max_delay=60, max_concurrent=2, retry_after=3)
     waiting = [asyncio.create_task(writer.submit(event(f"s{i}", b"{}"))) for i in range(10)]
-    await asyncio.sleep(0.05)
-    assert not any(t.done() for t in waiting)  # held by the 5 s delay
-    await asyncio.wait_for(writer.close(), 5)  # close does not wait the delay out
+    await asyncio.sleep(0)  # one turn of the loop: every submit has queued its event
+    assert not any(t.done() for t in waiting) and store.batch_sizes == []  # held by the delay
+    # Generous, and still far below the delay: the promise is that close does
+    # not wait the delay out, not how fast it writes.
+    await asyncio.wait_for(writer.close(), 30)
     assert all(t.result().outcome is Outcome.ACCEPTED for t in waiting)
     assert await count(db) == 10
     with pytest.raises(DatabaseUnavailable):
@@ -161,25 +170,21 @@ async def test_shutdown_writes_pending_batches_and_refuses_new_ones(store, db) -
 
 
 async def test_shutdown_waits_for_a_batch_in_flight(store, db, database_url: str) -> None:
-    blocker = await asyncpg.connect(database_url)
-    try:
-        tx = blocker.transaction()
-        await tx.start()
-        held = event("inflight", b"{}")
-        await blocker.fetchrow(
-            load_queries().sql("insert_event"),
-            held.tenant_id, held.source, held.idempotency_key, held.body_sha256, held.body, held.content_type,
-        )
+    held = event("inflight", b"{}")
+    async with hold_key(database_url, tenant=held.tenant_id, source=held.source, key=held.idempotency_key,
+                        body=held.body, content_type=held.content_type or "application/json") as holder:
         writer = BatchWriter(store, max_rows=100, max_delay=0, max_concurrent=2, retry_after=3)
         answer = asyncio.create_task(writer.submit(event("inflight", b"{}")))
-        await asyncio.sleep(0.2)  # the batch is now waiting on the blocker's row
+        await holder.until_blocked()  # the batch is in flight, waiting on the holder's row
         closing = asyncio.create_task(writer.close())
-        await asyncio.sleep(0.2)
+        # A chance for close to return early, not a wait for a condition: a
+        # correct close never returns while its batch is blocked, so however
+        # slow the machine, this cannot fail a correct writer.
+        await asyncio.wait([closing], timeout=0.2)
         assert not closing.done() and not answer.done()
-        await tx.commit()
-        await asyncio.wait_for(closing, 5)
-    finally:
-        await blocker.close()
+        assert len(await holder.waiters()) == 1  # still blocked: the lock is what holds close
+        await holder.commit()
+        await asyncio.wait_for(closing, 30)
     assert answer.result().outcome is Outcome.DUPLICATE
 
 

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 
-import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.db_faults import sqlstate_fault
 from tests.helpers import headers, stored
+
+# The write path: batched and direct writes must each keep these promises.
+pytestmark = pytest.mark.both_write_paths
 
 URL = "/pos/toast/ingest"
 
@@ -46,28 +49,6 @@ RULE = {
 }
 
 
-@pytest.fixture
-async def fault(db: asyncpg.Connection):
-    """inject(sqlstate): every INSERT into events raises it, until the test ends or clear() is called."""
-
-    async def inject(sqlstate: str) -> None:
-        await db.execute(f"""
-            CREATE OR REPLACE FUNCTION codex_test_fault() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN RAISE EXCEPTION 'injected fault' USING ERRCODE = '{sqlstate}'; END $$;
-            CREATE TRIGGER codex_test_fault BEFORE INSERT ON events
-                FOR EACH ROW EXECUTE FUNCTION codex_test_fault();
-        """)
-
-    async def clear() -> None:
-        await db.execute("DROP TRIGGER IF EXISTS codex_test_fault ON events; DROP FUNCTION IF EXISTS codex_test_fault()")
-
-    inject.clear = clear  # type: ignore[attr-defined]
-    try:
-        yield inject
-    finally:
-        await clear()
-
-
 async def db_errors_total(client) -> dict[str, float]:
     text = await (await client.get("/metrics")).text()
     return {
@@ -79,43 +60,33 @@ async def db_errors_total(client) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("sqlstate", sorted(RULE))
-async def test_each_sqlstate_is_answered_by_the_rule_and_the_retry_is_stored_once(client, db, fault, sqlstate) -> None:
+async def test_each_sqlstate_is_answered_by_the_rule_and_the_retry_is_stored_once(client, db, sqlstate) -> None:
     status, code = RULE[sqlstate]
     body = b'{"guid":"order-1","eventType":"ORDER_UPDATED"}'
-    await fault(sqlstate)
+    async with sqlstate_fault(db, sqlstate):
+        resp = await client.post(URL, data=body, headers=headers(body))
+        assert resp.status == status, await resp.text()
+        assert (await resp.json())["error"] == code
+        if status == 503:
+            assert resp.headers["Retry-After"] == "5"
+        else:
+            assert "Retry-After" not in resp.headers
+        assert await stored(db) == []
+        assert (await db_errors_total(client)).get(sqlstate[:2], 0) >= 1
 
-    resp = await client.post(URL, data=body, headers=headers(body))
-    assert resp.status == status, await resp.text()
-    assert (await resp.json())["error"] == code
-    if status == 503:
-        assert resp.headers["Retry-After"] == "5"
-    else:
-        assert "Retry-After" not in resp.headers
-    assert await stored(db) == []
-    assert (await db_errors_total(client)).get(sqlstate[:2], 0) >= 1
-
-    await fault.clear()
     retry = await client.post(URL, data=body, headers=headers(body))
     assert retry.status == 201, await retry.text()
     rows = await stored(db)
     assert [bytes(r["body"]) for r in rows] == [body]
 
 
-async def test_a_row_fault_in_a_batch_fails_only_that_row_and_any_other_error_fails_the_batch(make_client, db, fault) -> None:
+async def test_a_row_fault_in_a_batch_fails_only_that_row_and_any_other_error_fails_the_batch(make_client, db) -> None:
     # The trigger refuses one key's values only (class 22): its batch mates are stored.
     client = await make_client(batching=True, batch_max_delay_ms=50.0)
-    await db.execute("""
-        CREATE OR REPLACE FUNCTION codex_test_fault() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF NEW.idempotency_key = 'bad' THEN RAISE EXCEPTION 'bad row' USING ERRCODE = '22023'; END IF;
-            RETURN NEW;
-        END $$;
-        CREATE TRIGGER codex_test_fault BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION codex_test_fault();
-    """)
-
     bodies = [(b'{"n":%d}' % i, "bad" if i == 1 else f"good-{i}") for i in range(3)]
-    answers = await asyncio.gather(*(
-        client.post(URL, data=b, headers=headers(b, **{"Idempotency-Key": k})) for b, k in bodies
-    ))
+    async with sqlstate_fault(db, "22023", key="bad"):
+        answers = await asyncio.gather(*(
+            client.post(URL, data=b, headers=headers(b, **{"Idempotency-Key": k})) for b, k in bodies
+        ))
     assert [r.status for r in answers] == [201, 400, 201]
     assert sorted(r["idempotency_key"] for r in await stored(db)) == ["good-0", "good-2"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import asyncpg
+
 from codex_ingest.settings import Settings
 from codex_ingest.storage.pool import StatelessConnection, create_pool
 
@@ -14,6 +16,29 @@ async def test_connections_commit_synchronously(settings: Settings) -> None:
     try:
         async with pool.acquire() as conn:
             assert isinstance(conn, StatelessConnection)
+            assert await conn.fetchval("SHOW synchronous_commit") == "on"
+    finally:
+        await pool.close()
+
+
+async def test_connections_commit_synchronously_on_a_server_whose_default_is_off(settings: Settings, new_database) -> None:
+    # "A 2xx means committed" must not depend on the server's configuration:
+    # the pool pins synchronous_commit on even where the database says off.
+    url = new_database()
+    admin = await asyncpg.connect(url)
+    try:
+        await admin.execute(f"ALTER DATABASE {await admin.fetchval('SELECT quote_ident(current_database())')} "
+                            "SET synchronous_commit = off")
+    finally:
+        await admin.close()
+    plain = await asyncpg.connect(url)
+    try:
+        assert await plain.fetchval("SHOW synchronous_commit") == "off"  # the trap is set
+    finally:
+        await plain.close()
+    pool = await create_pool(replace(settings, database_url=url, db_pool_min=1, db_pool_max=1))
+    try:
+        async with pool.acquire() as conn:
             assert await conn.fetchval("SHOW synchronous_commit") == "on"
     finally:
         await pool.close()

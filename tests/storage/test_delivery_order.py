@@ -10,16 +10,17 @@ misses it, which shows the scenario bites.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from urllib.parse import urlencode
 
 import asyncpg
 import pytest
 
 from codex_ingest.settings import ReadToken
-from codex_ingest.storage.queries import load_queries
-from tests.faults.harness import until_waiting
-from tests.helpers import headers
+from tests.db_faults import hold_key, sqlstate_fault
+from tests.helpers import headers, in_background, readers_waiting, until
+
+# The write path: batched and direct writes must each keep these promises.
+pytestmark = pytest.mark.both_write_paths
 
 TOKEN = "order-test-token-0123456789"
 TENANT = "shop-a"
@@ -58,26 +59,12 @@ async def drain(client, cursor: str | None, limit: int = 1000) -> tuple[list[int
         ids += [e["event_id"] for e in events]
 
 
-async def hold_key(database_url: str, n: int) -> asyncpg.Connection:
-    """Insert event n's key in a transaction left open: the service's insert of it waits on the lock."""
-    conn = await asyncpg.connect(database_url)
-    await conn.execute("BEGIN")
-    await conn.fetchrow(
-        load_queries().sql("insert_event"),
-        TENANT, "toast", f"k-{n}",                 # $1 tenant_id, $2 source, $3 idempotency_key
-        hashlib.sha256(b"other").digest(),          # $4 body_sha256
-        b"other",                                   # $5 body
-        "application/json",                         # $6 content_type
-    )
-    return conn
-
-
 async def test_an_event_that_commits_late_is_read_once_by_cursor_and_skipped_by_id(reader, db, database_url) -> None:
     cursor_at_start = (await page(reader, None))[1]
-    holder = await hold_key(database_url, 0)
-    try:
-        stalled = asyncio.create_task(post(reader, 0))
-        await until_waiting(database_url)  # the service's insert of k-0 holds an id and waits
+    # Another writer's k-0, uncommitted: the service's insert of k-0 will wait on it.
+    async with (hold_key(database_url, tenant=TENANT, source="toast", key="k-0", body=b"other") as held,
+                in_background(post(reader, 0)) as stalled):
+        await held.until_blocked()  # the service's insert of k-0 holds an id and waits
         later = [await post(reader, n) for n in range(1, 31)]
         assert {r.status for r in later} == {201}
 
@@ -85,10 +72,8 @@ async def test_an_event_that_commits_late_is_read_once_by_cursor_and_skipped_by_
         by_id = [r["id"] for r in await db.fetch("SELECT id FROM events WHERE id > 0 ORDER BY id")]
         last_seen_by_id = max(by_id)
         during, cursor = await page(reader, cursor_at_start)
-        await holder.execute("ROLLBACK")  # the held row goes; the stalled insert now commits
+        await held.rollback()  # the held row goes; the stalled insert now commits
         assert (await stalled).status == 201
-    finally:
-        await holder.close()
 
     stalled_id = await db.fetchval("SELECT id FROM events WHERE idempotency_key = 'k-0'")
     assert stalled_id < last_seen_by_id, "the stalled event must hold an early id for this test to bite"
@@ -117,17 +102,10 @@ async def test_a_page_limit_inside_one_batch_neither_skips_nor_repeats(make_clie
 
 
 async def test_a_rolled_back_batch_never_appears_and_its_retry_appears_once(reader, db) -> None:
-    await db.execute("""
-        CREATE FUNCTION codex_test_fault() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = 'XX000'; END $$;
-        CREATE TRIGGER codex_test_fault BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION codex_test_fault();
-    """)
-    try:
+    async with sqlstate_fault(db, "XX000"):
         assert (await post(reader, 1)).status == 503
         events, cursor = await page(reader, None)
         assert events == []
-    finally:
-        await db.execute("DROP TRIGGER codex_test_fault ON events; DROP FUNCTION codex_test_fault()")
     assert (await post(reader, 1)).status == 201
     ids, _ = await drain(reader, cursor)
     assert len(ids) == 1
@@ -191,13 +169,16 @@ async def test_a_waiting_reader_gets_an_event_when_a_foreign_transaction_that_he
         await blocker.fetchval("SELECT pg_current_xact_id()")  # holds an xid: the horizon stops here
         assert (await post(reader, 1)).status == 201
         loop = asyncio.get_running_loop()
-        waiting = asyncio.create_task(page(reader, cursor, wait=15))
-        await asyncio.sleep(1.5)
-        assert not waiting.done(), "the event must wait behind the open transaction"
-        await blocker.execute("COMMIT")
-        ended = loop.time()
-        events, _ = await waiting
-        assert loop.time() - ended < 4, "delivered at the reader's timeout, not when the horizon moved"
+        async with in_background(page(reader, cursor, wait=30)) as waiting:
+            # Parked at the head: it has read, found the event held back, and waits.
+            await until(lambda: readers_waiting(reader), "the reader to wait at the head")
+            assert not waiting.done(), "the event must wait behind the open transaction"
+            await blocker.execute("COMMIT")
+            ended = loop.time()
+            events, _ = await waiting
+        # The promise is "when the horizon moves" (checked once a second), not at the
+        # reader's 30 s timeout: the bound sits far from both.
+        assert loop.time() - ended < 15, "delivered at the reader's timeout, not when the horizon moved"
     finally:
         await blocker.close()
     assert [e["idempotency_key"] for e in events] == ["k-1"]

@@ -9,11 +9,10 @@ import json
 
 import asyncpg
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from codex_ingest.settings import ReadToken
-from tests.helpers import headers
-from tests.test_cli import run_cli
+from tests.helpers import headers, metric_samples, until
+from tests.cli import run_cli
 
 INGEST = "/pos/square/ingest"
 
@@ -63,22 +62,6 @@ def test_a_bad_duration_is_one_line_and_exit_2(value) -> None:
     assert len(result.stderr.strip().splitlines()) == 1 and "--older-than" in result.stderr
 
 
-async def unlabelled(client) -> dict[str, float]:
-    """The /metrics series without labels, by name."""
-    text = await (await client.get("/metrics")).text()
-    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
-
-
-async def until(check, timeout: float = 30):
-    """``await check()``'s first truthy answer, polled; fails after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not (answer := await check()):
-        assert loop.time() < deadline, f"still {answer!r} after {timeout} s"
-        await asyncio.sleep(0.2)
-    return answer
-
-
 async def test_the_retention_setting_purges_in_the_background_and_reports_it(make_client, db) -> None:
     # 30 s of retention: a purge every 3 s (retention.purge_interval), the fresh event kept throughout.
     client = await make_client(retention=30.0, api_tokens=(ReadToken("retention-token-0123456789", None),))
@@ -94,10 +77,10 @@ async def test_the_retention_setting_purges_in_the_background_and_reports_it(mak
     # The read-side gauges are refreshed every 5 s: until one refresh has seen
     # the purge, the gauge reads the purged event's two days (or 0 before any).
     async def refreshed() -> dict[str, float] | None:
-        samples = await unlabelled(client)
+        samples = await metric_samples(client)
         return samples if 0 < samples["codex_ingest_oldest_event_age_seconds"] < 60 else None
 
-    samples = await until(refreshed)
+    samples = await until(refreshed, "the gauges to refresh")
     assert samples["codex_ingest_events_purged_total"] == 1.0
     assert samples["codex_ingest_read_horizon_lag_seconds"] >= 0
 
@@ -111,10 +94,10 @@ async def test_oldest_event_age_reports_the_age_of_the_oldest_stored_event(make_
     stored_age = await db.fetchval("SELECT extract(epoch FROM now() - received_at)::float8 FROM events WHERE id = 1")
 
     async def reads_its_age() -> float | None:
-        gauge = (await unlabelled(client))["codex_ingest_oldest_event_age_seconds"]
+        gauge = (await metric_samples(client))["codex_ingest_oldest_event_age_seconds"]
         return gauge if abs(gauge - stored_age) < 60 else None
 
-    await until(reads_its_age)
+    await until(reads_its_age, "the oldest-event gauge to read the event's age")
     assert await db.fetchval("SELECT count(*) FROM events") == 2
 
 
@@ -132,9 +115,9 @@ async def test_without_retention_there_is_no_oldest_event_age(make_client, db, d
         await holder.fetchval("SELECT pg_current_xact_id()")
 
         async def refreshed() -> bool:
-            return (await unlabelled(client))["codex_ingest_read_horizon_lag_seconds"] > 0
+            return (await metric_samples(client))["codex_ingest_read_horizon_lag_seconds"] > 0
 
-        await until(refreshed)
+        await until(refreshed, "the gauges to refresh")
         text = await (await client.get("/metrics")).text()
     finally:
         await holder.close()
@@ -148,13 +131,13 @@ async def test_horizon_lag_reports_a_long_transaction_holding_an_xid(make_client
     try:
         await holder.execute("BEGIN")
         await holder.fetchval("SELECT pg_current_xact_id()")
-        await asyncio.sleep(6)  # the transaction ages; the gauges refresh every 5 s
-        text = await (await client.get("/metrics")).text()
+        # The transaction ages and the gauges refresh every 5 s: wait for the
+        # gauge to show an age only that transaction can have.
+        async def lag() -> bool:
+            return (await metric_samples(client))["codex_ingest_read_horizon_lag_seconds"] >= 1.0
+        await until(lag, "the horizon lag to show the open transaction", timeout=60)
     finally:
         await holder.close()
-    lag = next(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == "codex_ingest_read_horizon_lag_seconds")
-    assert lag >= 1.0
 
 
 async def test_export_writes_ndjson_in_the_read_shape_filtered_by_tenant_source_and_time(client, db, database_url) -> None:

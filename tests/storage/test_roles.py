@@ -37,8 +37,8 @@ from codex_ingest.storage import migrations
 from codex_ingest.storage.paths import migrations_dir
 from codex_ingest.storage.queries import load_queries
 from tests import live, pg
+from tests.cli import run_cli
 from tests.helpers import READ_TOKEN, SECRET, sign
-from tests.test_cli import run_cli
 
 ROLES_SQL = Path(__file__).resolve().parents[2] / "deploy" / "postgres" / "roles.sql"
 AUTH = {"Authorization": f"Bearer {READ_TOKEN}"}

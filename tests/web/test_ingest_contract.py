@@ -17,6 +17,7 @@ BODY = b'{"type":"payment.updated","amount":2450}'
 # --- accepted, duplicate, conflict -------------------------------------------------
 
 
+@pytest.mark.both_write_paths
 async def test_new_event_is_201_and_stored_byte_for_byte(client: TestClient, db) -> None:
     resp = await client.post(URL, data=BODY, headers=headers(BODY))
     assert resp.status == 201
@@ -32,6 +33,7 @@ async def test_new_event_is_201_and_stored_byte_for_byte(client: TestClient, db)
     assert row["received_at"] is not None
 
 
+@pytest.mark.both_write_paths
 async def test_same_key_same_body_is_200_duplicate_with_original_id(client: TestClient, db) -> None:
     first = await client.post(URL, data=BODY, headers=headers(BODY))
     original = (await first.json())["event_id"]
@@ -47,6 +49,7 @@ async def test_same_key_same_body_is_200_duplicate_with_original_id(client: Test
     assert "Idempotent-Replayed" not in first.headers
 
 
+@pytest.mark.both_write_paths
 async def test_same_key_different_body_is_422_and_nothing_replaced(client: TestClient, db) -> None:
     other = b'{"type":"payment.updated","amount":9999}'
     first = await client.post(URL, data=BODY, headers=headers(BODY, **{"Idempotency-Key": "k-1"}))
@@ -57,17 +60,20 @@ async def test_same_key_different_body_is_422_and_nothing_replaced(client: TestC
     assert len(rows) == 1 and bytes(rows[0]["body"]) == BODY
 
 
+@pytest.mark.both_write_paths
 async def test_idempotency_key_header_is_the_key(client: TestClient, db) -> None:
     resp = await client.post(URL, data=BODY, headers=headers(BODY, **{"Idempotency-Key": "evt 42/a"}))
     assert resp.status == 201
     assert (await stored(db))[0]["idempotency_key"] == "evt 42/a"
 
 
+@pytest.mark.both_write_paths
 async def test_without_idempotency_key_the_key_is_the_body_sha256(client: TestClient, db) -> None:
     await client.post(URL, data=BODY, headers=headers(BODY))
     assert (await stored(db))[0]["idempotency_key"] == hashlib.sha256(BODY).hexdigest()
 
 
+@pytest.mark.both_write_paths
 async def test_key_scope_is_tenant_and_source(client: TestClient, db) -> None:
     h = {"Idempotency-Key": "same"}
     answers = [
@@ -80,6 +86,7 @@ async def test_key_scope_is_tenant_and_source(client: TestClient, db) -> None:
     assert len(await stored(db)) == 3
 
 
+@pytest.mark.both_write_paths
 @pytest.mark.parametrize("name", PROVIDER_PAYLOADS)
 async def test_provider_shaped_payloads_are_stored_exactly(client: TestClient, db, name: str) -> None:
     body = payload(name)
@@ -89,6 +96,7 @@ async def test_provider_shaped_payloads_are_stored_exactly(client: TestClient, d
     assert bytes((await stored(db))[0]["body"]) == body
 
 
+@pytest.mark.both_write_paths
 async def test_nul_escape_is_valid_json_and_stored(client: TestClient, db) -> None:
     body = b'{"note":"before\\u0000after","k":"\\u0000"}'
     resp = await client.post(URL, data=body, headers=headers(body))

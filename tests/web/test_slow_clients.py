@@ -1,9 +1,13 @@
-"""Slow and idle clients (slowloris) against a real ``serve``: 500 connections
-that are idle, trickle a request head, or trickle a body do not stop normal
-requests from being answered promptly, and each is closed at its deadline.
+"""Slow and idle clients (slowloris) against a real ``serve``: while 500
+connections are held open (idle, trickling a request head, or trickling a
+body), normal requests keep being answered, and each slow connection is
+closed at its deadline.
 
-Bounds are generous (p99 under 1 s; closed within the deadline plus 5 s) so a
-slow machine cannot fail the test; the latencies measured are printed.
+What is asserted is the promise, not a speed: every normal request sent
+while the crowd is there is answered 201 within ANSWER_BOUND (far above
+its usual milliseconds, so a loaded machine cannot fail it; a server that
+stops serving can). The latencies measured are printed; bench/ measures
+speed.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import pytest
 
 from codex_ingest.settings import Settings
 from codex_ingest.web.app import create_app
-from tests.helpers import SECRET, headers
+from tests.helpers import SECRET, headers, until
 from tests.live import Live, serve
 from tests.rawhttp import ServiceTestServer, build, exchange, read_response
 
@@ -27,6 +31,12 @@ DEADLINE = 2.0  # HEADER_READ_TIMEOUT and BODY_READ_TIMEOUT of the service under
 CROWD = 500
 TRICKLE_EVERY = 0.3  # seconds between the bytes a slow client sends
 FDS_NEEDED = 4 * CROWD + 256  # both ends of every connection live on this machine
+# A normal request is answered within this, crowd or not: generous, since
+# what is promised is that it is served at all while the crowd is held.
+ANSWER_BOUND = 10.0
+# A slow connection is closed at its deadline, not held: closed within this
+# much after it. Generous for the same reason.
+CLOSE_SLACK = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -45,16 +55,25 @@ def slow_guarded(database_url: str) -> Iterator[Live]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-async def normal_requests(live: Live, count: int, tag: str, pause: float = 0.0) -> list[float]:
-    """Send ``count`` valid events, each on a new connection; return their latencies."""
+async def normal_requests(live: Live, count: int, tag: str, pause: float = 0.0,
+                          crowd: Crowd | None = None) -> list[float]:
+    """Send ``count`` valid events, each on a new connection, each answered 201
+    within ANSWER_BOUND; return their latencies. With ``crowd``, note how many
+    slow connections were open as each was sent."""
     latencies = []
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+    timeout = aiohttp.ClientTimeout(total=ANSWER_BOUND)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True), timeout=timeout) as session:
         for i in range(count):
             body = b'{"tag":"%s","n":%d}' % (tag.encode(), i)
+            if crowd is not None:
+                crowd.open_at_send.append(crowd.open)
             started = time.perf_counter()
-            async with session.post(f"{live.url}/pos/square/ingest", data=body, headers=headers(body)) as resp:
-                await resp.read()
-                assert resp.status == 201, resp.status
+            try:
+                async with session.post(f"{live.url}/pos/square/ingest", data=body, headers=headers(body)) as resp:
+                    await resp.read()
+                    assert resp.status == 201, resp.status
+            except TimeoutError:
+                raise AssertionError(f"normal request {tag} #{i} not answered within {ANSWER_BOUND} s") from None
             latencies.append(time.perf_counter() - started)
             if pause:
                 await asyncio.sleep(pause)
@@ -74,6 +93,10 @@ class Crowd:
         self.answers: dict[str, list[int | None]] = {"idle": [], "head": [], "body": []}
         self.running = True
         self.open = 0
+        self.open_at_send: list[int] = []  # self.open as each normal request was sent
+        # Each closed connection's lifetime measured from before it was dialled:
+        # the server's deadline cannot start earlier, so this is never short of it.
+        self.since_dialled: dict[str, list[float]] = {"idle": [], "head": [], "body": []}
 
     def kind(self, slot: int) -> str:
         return ("idle", "head", "body")[slot % 3]
@@ -83,6 +106,7 @@ class Crowd:
             await self.one(self.kind(slot))
 
     async def one(self, kind: str) -> None:
+        dialled = time.monotonic()
         reader, writer = await asyncio.open_connection(self.live.host, self.live.port)
         opened = time.monotonic()
         self.open += 1
@@ -119,11 +143,13 @@ class Crowd:
             self.open -= 1
             read.cancel()
             writer.close()
-        self.lifetimes[kind].append(time.monotonic() - opened)
+        closed = time.monotonic()
+        self.lifetimes[kind].append(closed - opened)
+        self.since_dialled[kind].append(closed - dialled)
         self.answers[kind].append(answer)
 
 
-async def test_slowloris_crowd_does_not_slow_normal_requests_and_is_closed_at_the_deadline(
+async def test_normal_requests_are_served_while_a_slowloris_crowd_is_held_and_it_is_closed_at_the_deadline(
     slow_guarded: Live, db
 ) -> None:
     baseline = await normal_requests(slow_guarded, 50, "alone")
@@ -131,18 +157,13 @@ async def test_slowloris_crowd_does_not_slow_normal_requests_and_is_closed_at_th
     crowd = Crowd(slow_guarded)
     slots = [asyncio.create_task(crowd.slot(i)) for i in range(CROWD)]
     try:
-        for _ in range(100):  # let the crowd connect
-            if crowd.open >= CROWD * 0.95:
-                break
-            await asyncio.sleep(0.05)
-        assert crowd.open >= CROWD * 0.95, crowd.open
+        await until(lambda: crowd.open >= CROWD * 0.95, "the crowd to connect")
         # Spread over more than one deadline, so requests also meet the waves
         # of closing and reconnecting slow clients.
-        during = await normal_requests(slow_guarded, 100, "crowd", pause=0.03)
-        still_open = crowd.open
+        during = await normal_requests(slow_guarded, 100, "crowd", pause=0.03, crowd=crowd)
     finally:
         crowd.running = False
-        await asyncio.wait_for(asyncio.gather(*slots), timeout=DEADLINE + 15)
+        await asyncio.wait_for(asyncio.gather(*slots), timeout=DEADLINE + CLOSE_SLACK + 15)
 
     print(
         f"\nnormal requests: alone p50 {statistics.median(baseline) * 1000:.1f} ms"
@@ -150,19 +171,21 @@ async def test_slowloris_crowd_does_not_slow_normal_requests_and_is_closed_at_th
         f" p99 {p99(during) * 1000:.1f} ms; slow connections closed: "
         + ", ".join(f"{k} {len(v)} (max {max(v):.2f} s)" for k, v in crowd.lifetimes.items())
     )
-    assert still_open >= CROWD * 0.8  # the crowd was really there while we measured
-    assert p99(during) < 1.0
+    # Every one of them was answered 201 within ANSWER_BOUND (normal_requests
+    # fails otherwise), and the crowd was really there while they were: most of
+    # the time, whatever a wave of closing and reconnecting took away.
+    assert len(during) == 100
+    assert statistics.median(crowd.open_at_send) >= CROWD * 0.8, sorted(crowd.open_at_send)
     assert await db.fetchval("SELECT count(*) FROM events WHERE tenant_id = 'slow'") == 0
 
-    for kind, lifetimes in crowd.lifetimes.items():
-        assert len(lifetimes) >= CROWD // 3, kind
-        # Closed by the deadline: not well before it, and not long after. The
-        # client's clock starts when open_connection returns, which on a
-        # loaded machine can be most of a second after the server accepted
-        # (500 connections opening at once on 2 cores: 0.61 s was seen), so
-        # a lifetime may look that much shorter than the server's deadline.
-        assert min(lifetimes) >= DEADLINE - 1.0, (kind, min(lifetimes))
-        assert max(lifetimes) < DEADLINE + 5, (kind, max(lifetimes))
+    for kind in ("idle", "head", "body"):
+        assert len(crowd.lifetimes[kind]) >= CROWD // 3, kind
+        # Closed by the deadline, not before it: timed from before dialling, a
+        # lifetime can only be longer than the server's (0.01 s for timer
+        # granularity, nothing for load).
+        assert min(crowd.since_dialled[kind]) >= DEADLINE - 0.01, (kind, min(crowd.since_dialled[kind]))
+        # ... and not held long after it.
+        assert max(crowd.lifetimes[kind]) < DEADLINE + CLOSE_SLACK, (kind, max(crowd.lifetimes[kind]))
     # An idle connection is closed silently; a started head or body gets 408 first.
     assert set(crowd.answers["idle"]) == {None}
     assert set(crowd.answers["head"]) <= {408, None} and 408 in crowd.answers["head"]
@@ -186,15 +209,18 @@ def deadlines(aiohttp_client, database_url: str, db):
 
 
 async def test_idle_keepalive_connection_is_closed_after_keepalive_timeout(deadlines) -> None:
-    server = await deadlines(keepalive_timeout=1.5)
+    keepalive = 1.5
+    server = await deadlines(keepalive_timeout=keepalive)
     reader, writer = await asyncio.open_connection(server.host, server.port)
     body = b'{"k":1}'
+    # Timed from before the request: the server's keep-alive timer starts after
+    # its answer, so the idle time measured here is never short of it.
+    sent = time.monotonic()
     writer.write(build(body=body))
     first = await read_response(reader)
     assert first is not None and first.status == 201
-    answered = time.monotonic()
-    assert await asyncio.wait_for(reader.read(), timeout=10) == b""  # EOF, no second answer
-    assert 1.0 <= time.monotonic() - answered < 8
+    assert await asyncio.wait_for(reader.read(), timeout=keepalive + CLOSE_SLACK) == b""  # EOF, no second answer
+    assert keepalive <= time.monotonic() - sent < keepalive + CLOSE_SLACK
     writer.close()
 
 
@@ -205,16 +231,20 @@ async def test_next_requests_head_has_its_own_deadline_from_its_first_byte(deadl
     writer.write(build(body=body))
     first = await read_response(reader)
     assert first is not None and first.status == 201
-    # Idle a little, then start a head: it must complete within
-    # HEADER_READ_TIMEOUT of its first byte (and KEEPALIVE_TIMEOUT of the
-    # last answer, aiohttp's own timer: whichever comes first).
+    # Idle a while (part of the scenario, not a wait for anything), then start
+    # a head: it gets HEADER_READ_TIMEOUT from its first byte (and
+    # KEEPALIVE_TIMEOUT of the last answer, aiohttp's own timer: whichever
+    # comes first). A deadline counted from the last answer instead would end
+    # at least this idle time early: the lower bound below catches that, and
+    # needs no allowance for a slow machine (the clock starts before the byte
+    # is sent, so it can only read long).
     await asyncio.sleep(0.2)
     started = time.monotonic()
     writer.write(b"POST /pos/square/ingest HTTP/1.1\r\nHost: x\r\n")  # and never more
-    second = await asyncio.wait_for(read_response(reader), timeout=10)
+    second = await asyncio.wait_for(read_response(reader), timeout=1.0 + CLOSE_SLACK)
     assert second is not None and second.status == 408
     assert second.json()["error"] == "request_timeout"
-    assert 0.8 <= time.monotonic() - started < 10
+    assert 1.0 <= time.monotonic() - started < 1.0 + CLOSE_SLACK
     writer.close()
 
 
