@@ -2,7 +2,8 @@
 
 Each bench is one module, run as ``python -m bench.NAME``: batch_load, chaos,
 check_result, deadline_overhead, dedup_load, floor, metrics_overhead,
-pgbouncer_cost, throughput, and read_side (a package, one module per part).
+pgbouncer_cost, throughput, attack_memory, attack_readers, attack_metrics, and
+read_side (a package, one module per part).
 What they share has one home each, and imports only point down to it (no
 bench imports another, but throughput takes aiohttp's floor from floor):
 

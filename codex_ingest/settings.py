@@ -51,6 +51,9 @@ class Settings:
     log_level: str = "INFO"
     access_log: bool = False
     metrics_remote_label: bool = False
+    # GET /metrics needs "Authorization: Bearer <metrics_token>"; None: open.
+    metrics_token: str | None = field(default=None, repr=False)
+    metrics_cache_seconds: float = 1.0
     batching: bool = True
     batch_max_rows: int = 256
     batch_max_delay_ms: float = 1.0
@@ -62,6 +65,8 @@ class Settings:
     header_read_timeout: float = 10.0
     body_read_timeout: float = 30.0
     keepalive_timeout: float = 75.0
+    write_timeout: float = 30.0
+    body_buffer_bytes: int = 64 * 1024 * 1024
     rate_limit_per_sec: float = 0.0
     rate_limit_burst: int = 10
     shutdown_grace_seconds: float = 10.0
@@ -69,6 +74,8 @@ class Settings:
     api_tokens: tuple[ReadToken, ...] = field(default=(), repr=False)
     retention: float | None = None  # seconds
     read_notify: bool = True
+    read_page_max_bytes: int = 8 * 1024 * 1024
+    read_max_waiting: int = 128
     # asyncpg's prepared-statement cache per connection; 0 behind PgBouncer in
     # transaction mode before 1.21 (it cannot follow named prepared statements).
     db_statement_cache_size: int = 100
@@ -114,39 +121,69 @@ class Option:
         return str(value)
 
 
+# -- numbers: ASCII digits only ---------------------------------------------------
+# int() and float() also read other scripts' digits ('٣', full-width '３'), '_'
+# separators, signs, exponents and Unicode spaces; str.isdigit() also says yes to
+# '²' and '①', which int() then refuses. Every number the service reads (a
+# setting, a query parameter, a cursor) goes through these two instead.
+
+_DECIMAL = re.compile(r"[0-9]*\.?[0-9]+")
+
+
+def parse_ascii_int(text: str, *, max_digits: int = 18) -> int:
+    """``text`` as a whole number >= 0 written in the digits 0-9 and nothing else
+    (no sign, space, '_' or other script's digit); ValueError otherwise.
+
+    ``max_digits`` bounds the work and the value (18 digits fit a bigint)."""
+    if not 0 < len(text) <= max_digits or not text.isascii() or not text.isdigit():
+        raise ValueError(f"must be a whole number: at most {max_digits} digits 0-9")
+    return int(text)
+
+
+def parse_ascii_decimal(text: str, *, max_chars: int = 18) -> float:
+    """``text`` as a number >= 0 written in the digits 0-9 with at most one '.'
+    (``5``, ``0.25``, ``.5``; no sign, exponent, space, 'nan' or 'inf'); ValueError otherwise."""
+    if len(text) > max_chars or _DECIMAL.fullmatch(text) is None:
+        raise ValueError(f"must be a number: at most {max_chars} digits 0-9 and one '.'")
+    return float(text)
+
+
+def _setting_number(text: str) -> str:
+    """A setting's text without surrounding ASCII blanks, which a .env file easily keeps;
+    a leading '-' is refused here, so that the message says why."""
+    text = text.strip(" \t")
+    if text.startswith("-") and len(text) > 1:
+        raise ValueError("must not be negative")
+    return text
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = parse_ascii_int(_setting_number(text))
     if value < 1:
         raise ValueError("must be at least 1")
     return value
 
 
 def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError("must be 0 or more")
-    return value
+    return parse_ascii_int(_setting_number(text))
 
 
 def _port(text: str) -> int:
-    value = int(text)
+    value = parse_ascii_int(_setting_number(text))
     if not 0 <= value <= 65535:
         raise ValueError("must be between 0 and 65535")
     return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
+    value = parse_ascii_decimal(_setting_number(text))
     if not value > 0:
         raise ValueError("must be greater than 0")
     return value
 
 
 def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise ValueError("must be 0 or more")
-    return value
+    return parse_ascii_decimal(_setting_number(text))
 
 
 def _bool(text: str) -> bool:
@@ -187,18 +224,23 @@ def _path(text: str) -> Path:
     return Path(text)
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+# [0-9] and [ \t], not \d and \s: those match every script's digits and spaces.
+_DURATION = re.compile(r"[ \t]*([0-9]{1,15}(?:\.[0-9]{1,15})?)[ \t]*([smhd])[ \t]*")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# Longer has no use, and far longer cannot be subtracted from now (datetime, interval).
+_LONGEST_DURATION = 36500 * 86400
 
 
 def parse_duration(text: str) -> float:
-    """``30s``, ``15m``, ``12h`` or ``7d``, in seconds."""
-    match = _DURATION.match(text)
+    """``30s``, ``15m``, ``12h`` or ``7d`` (digits 0-9), in seconds."""
+    match = _DURATION.fullmatch(text)
     if match is None:
         raise ValueError("must be a number and a unit: 30s, 15m, 12h or 7d")
-    seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    seconds = parse_ascii_decimal(match.group(1), max_chars=31) * _DURATION_UNITS[match.group(2)]
     if seconds <= 0:
         raise ValueError("must be longer than 0")
+    if seconds > _LONGEST_DURATION:
+        raise ValueError("must be at most 36500d (100 years)")
     return seconds
 
 
@@ -234,6 +276,13 @@ def _non_empty(text: str) -> str:
     return text.strip()
 
 
+def _bearer_token(text: str) -> str:
+    # Never echo the token: say what is wrong, not what it holds.
+    if len(text) < 16 or not text.isprintable() or any(c.isspace() for c in text):
+        raise ValueError("must be 16 or more printable characters, without spaces")
+    return text
+
+
 # Options shared by every subcommand that talks to the database.
 DATABASE_OPTIONS: tuple[Option, ...] = (
     Option("database_url", "DATABASE_URL", _database_url,
@@ -265,9 +314,10 @@ SERVE_OPTIONS: tuple[Option, ...] = (
            "TOML file declaring provider sources and their signature schemes", "PATH",
            group="Service", default_text="none", example="sources.toml",
            doc="TOML file declaring, per source, the provider's signature scheme (square, shopify, stripe, "
-               "standard-webhooks, toast, clover or hmac-sha256) and its secrets (`env:NAME` or literal): "
+               "standard-webhooks, toast, clover, or the service's own: hmac-sha256-bound, the default, or "
+               "hmac-sha256-body) and its secrets (`env:NAME` or literal, or one list per tenant): "
                "see [providers.md](providers.md) and `sources.example.toml`. Unset: every source uses the "
-               "generic `X-Signature` scheme with `WEBHOOK_SECRET`."),
+               "generic `X-Signature` scheme over the body with `WEBHOOK_SECRET`."),
     Option("host", "HOST", _non_empty, "address to listen on", "HOST", group="Service"),
     Option("port", "PORT", _port, "port to listen on", "PORT", group="Service"),
     Option("workers", "WORKERS", _positive_int,
@@ -326,6 +376,21 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option("keepalive_timeout", "KEEPALIVE_TIMEOUT", _positive_float,
            "seconds an idle keep-alive connection stays open between requests", "SECONDS",
            group="Request limits"),
+    Option("write_timeout", "WRITE_TIMEOUT", _positive_float,
+           "seconds a response may wait for a client that does not read it, else the connection is closed",
+           "SECONDS", group="Request limits",
+           doc="Seconds the part of a response the kernel could not take yet may wait for the client to read; "
+               "past it the connection is aborted and what it held (the response, requests pipelined behind "
+               "it) is freed ([security.md](security.md#write-deadline))."),
+    Option("body_buffer_bytes", "BODY_BUFFER_BYTES", _positive_int,
+           "bytes of request bodies one worker holds at once before they are verified; past it, 503", "BYTES",
+           group="Request limits",
+           doc="Bytes of request bodies each worker holds at once, counted from before a body is read (its "
+               "`Content-Length`, or a chunked body as it arrives) until its request is answered. A body that "
+               "would pass it is answered 503 `server_busy` with `Retry-After`, unread, and its connection "
+               "closed. A quarter is kept for bodies of 64 KiB or less, so that large uploads cannot shut out "
+               "ordinary events. At least 4/3 of the larger of `MAX_BODY_BYTES` and `MAX_BATCH_BYTES` "
+               "([security.md](security.md#body-budget))."),
     Option("rate_limit_per_sec", "RATE_LIMIT_PER_SEC", _non_negative_float,
            "ingest requests per second per (tenant, source) in each process; 0: no limit", "RATE",
            group="Request limits",
@@ -368,6 +433,20 @@ SERVE_OPTIONS: tuple[Option, ...] = (
            group="Read side",
            doc="After each write, `NOTIFY` the workers so readers waiting at the head "
                "(`GET /events?wait=N`) answer at once; off, they answer at their timeout."),
+    Option("read_page_max_bytes", "READ_PAGE_MAX_BYTES", _positive_int,
+           "most bytes of event bodies in one GET /events page; an event larger than this comes alone", "BYTES",
+           group="Read side",
+           doc="Most bytes of event bodies (as stored, before base64) in one `GET /events` page: the page "
+               "ends before the event that would pass it, and `next_cursor` continues from there. An event "
+               "larger than this comes alone, in a page of its own ([consuming.md](consuming.md#the-read-api))."),
+    Option("read_max_waiting", "READ_MAX_WAITING", _non_negative_int,
+           "most readers one worker keeps waiting at the head (GET /events?wait=N); past it, answered at once",
+           "N", group="Read side",
+           doc="Most readers each worker keeps waiting at the head (`GET /events?wait=N`). Every write wakes "
+               "all of them to read again (two at a time), whatever their tenant: their number is what each "
+               "write costs. "
+               "Past it, a read that finds nothing is answered at once, empty, with `Retry-After` set to its "
+               "`wait` ([consuming.md](consuming.md#waiting-at-the-head-long-poll)). 0: nobody waits."),
     Option("listen_database_url", "LISTEN_DATABASE_URL", _database_url,
            "PostgreSQL URL for the read side's LISTEN connection, which needs a session: a direct URL when "
            "DATABASE_URL goes through PgBouncer in transaction mode", "URL",
@@ -385,6 +464,22 @@ SERVE_OPTIONS: tuple[Option, ...] = (
            group="Logs and metrics",
            doc="Label the HTTP metrics (`aiohttp_*`) with the client address. Off by default: one set of "
                "series per client address is unbounded; it makes sense only behind a proxy."),
+    Option("metrics_token", "METRICS_TOKEN", _bearer_token,
+           "bearer token GET /metrics requires; unset: /metrics is open", "TOKEN",
+           group="Logs and metrics", default_text="none: /metrics is open",
+           example="change-me-metrics-0123456789",
+           doc="Bearer token `GET /metrics` requires (`Authorization: Bearer <token>`, 16 or more characters): "
+               "without it, or with another, the answer is 401 `unauthorized` and nothing is rendered. Give "
+               "Prometheus the token in a file (`authorization: credentials_file:`, see "
+               "[monitoring.md](monitoring.md#scraping)), never in a URL. Unset: `/metrics` is open to "
+               "anyone who reaches the port."),
+    Option("metrics_cache_seconds", "METRICS_CACHE_SECONDS", _non_negative_float,
+           "seconds one rendering of /metrics is reused for by each worker; 0: render every scrape", "SECONDS",
+           group="Logs and metrics",
+           doc="Seconds each worker reuses one rendering of `/metrics` for: scrapes within it get the same "
+               "bytes, and scrapes that arrive while one renders wait for it, so a flood of scrapes costs at "
+               "most one rendering per interval. A scrape may be this much out of date. 0: render for every "
+               "scrape."),
 )
 
 MIGRATE_OPTIONS: tuple[Option, ...] = DATABASE_OPTIONS
@@ -434,6 +529,12 @@ def load_settings(
             )
         values["webhook_secret"] = ""
     settings = Settings(**values)
+    largest = max(settings.max_body_bytes, settings.max_batch_bytes)
+    if settings.body_buffer_bytes - settings.body_buffer_bytes // 4 < largest:
+        raise ConfigError(
+            f"BODY_BUFFER_BYTES ({settings.body_buffer_bytes}) must be at least 4/3 of the largest body"
+            f" ({largest}, MAX_BODY_BYTES or MAX_BATCH_BYTES): a quarter of it is kept for small bodies"
+        )
     if settings.db_pool_min > settings.db_pool_max:
         raise ConfigError(
             f"DB_POOL_MIN ({settings.db_pool_min}) must not exceed DB_POOL_MAX ({settings.db_pool_max})"

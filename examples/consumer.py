@@ -96,8 +96,9 @@ def on_signal(signum: int, frame: object) -> None:
         raise Stop
 
 
-def fetch_page(args: argparse.Namespace, token: str, cursor: str | None) -> dict[str, Any]:
-    """One GET /events; retries what may pass, raises Fatal for what will not."""
+def fetch_page(args: argparse.Namespace, token: str, cursor: str | None) -> tuple[dict[str, Any], float]:
+    """One GET /events and the seconds its Retry-After asks to wait before the next (0: none);
+    retries what may pass, raises Fatal for what will not."""
     params = {"tenant": args.tenant, "limit": args.limit, "wait": args.wait}
     if args.source:
         params["source"] = args.source
@@ -112,7 +113,10 @@ def fetch_page(args: argparse.Namespace, token: str, cursor: str | None) -> dict
         delay = None
         try:
             with interruptible(), urllib.request.urlopen(request, timeout=args.wait + 15) as answer:
-                return json.load(answer)
+                # An empty page with Retry-After: the service has as many readers waiting
+                # as it allows, and asks this one to come back later rather than at once.
+                later = answer.headers.get("Retry-After")
+                return json.load(answer), float(later) if later and later.isdigit() else 0.0
         except urllib.error.HTTPError as exc:
             if exc.code not in RETRY_STATUSES:
                 raise Fatal(explain(exc, args)) from None
@@ -183,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     cursor = load_cursor(args.cursor_file)
     try:
         while not _stopping:
-            page = fetch_page(args, token, cursor)
+            page, later = fetch_page(args, token, cursor)
             for event in page["events"]:
                 handle(event)
             sys.stdout.flush()  # handled means written out, before the cursor moves past it
@@ -192,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
                 save_cursor(args.cursor_file, cursor)  # after handling: a crash re-reads, never skips
             if args.until_idle and not page["events"]:
                 break
+            if later and not page["events"]:
+                with interruptible():
+                    time.sleep(later)
     except Stop:
         pass
     except Fatal as exc:

@@ -12,13 +12,23 @@
 -- content_type, body). The horizon is taken once per statement (an
 -- initplan). The text copy of xact must not be named xact: ORDER BY would
 -- then sort by the text ('1000' < '903') and the cursor would skip.
--- params: $1 tenant_id, $2 source (NULL: every source), $3 after xact (text), $4 after id, $5 limit
-SELECT xact::text AS xact_text, id, tenant_id, source, idempotency_key, received_at, content_type, body
+-- The byte cap: a row carries its body only while the bodies up to and
+-- including it fit in $6 (the first row always does); past it body is NULL
+-- and the page ends there (storage/delivery.py). octet_length() of a stored
+-- bytea reads the size from the row, not the TOASTed bytes, so the bodies
+-- past the cap are never read nor sent; the window runs in the index's
+-- order and stops at the LIMIT, like the scan.
+-- params: $1 tenant_id, $2 source (NULL: every source), $3 after xact (text), $4 after id, $5 limit,
+--         $6 most bytes of bodies (NULL: no cap)
+SELECT xact::text AS xact_text, id, tenant_id, source, idempotency_key, received_at, content_type,
+       CASE WHEN $6::bigint IS NULL OR row_number() OVER page = 1 OR sum(octet_length(body)) OVER page <= $6::bigint
+            THEN body END AS body
 FROM events
 WHERE tenant_id = $1
   AND ($2::text IS NULL OR source = $2::text)
   AND (xact, id) > ($3::text::xid8, $4::bigint)
   AND xact < (SELECT pg_snapshot_xmin(pg_current_snapshot()))
+WINDOW page AS (ORDER BY xact, id ROWS UNBOUNDED PRECEDING)
 ORDER BY xact, id
 LIMIT $5;
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -129,3 +129,20 @@ def test_compose_prometheus_mounts_exist_and_scrape_the_service_by_its_compose_n
     targets = {t for job in config["scrape_configs"] for sc in job.get("static_configs", []) for t in sc["targets"]}
     assert "codex-ingest:8080" in targets, targets
     assert "rules.yml" in {Path(f).name for f in config.get("rule_files", [])}
+
+
+def test_compose_gives_the_service_and_prometheus_one_metrics_token_never_in_a_url() -> None:
+    compose = load(ROOT / "docker-compose.yml")
+    app, prom = compose["services"]["codex-ingest"], compose["services"]["prometheus"]
+    # Required, from the caller's environment, like WEBHOOK_SECRET: /metrics is never left open.
+    assert app["environment"]["METRICS_TOKEN"].startswith("${METRICS_TOKEN:?")
+    # Prometheus gets the same value as a file (a secret), where prometheus.yml's credentials_file points
+    # (relative to the configuration, mounted at /etc/prometheus/prometheus.yml).
+    assert compose["secrets"] == {"metrics_token": {"environment": "METRICS_TOKEN"}}
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "codex-ingest"]
+    assert job["authorization"]["type"] == "Bearer" and "credentials" not in job["authorization"]
+    token_file = PurePosixPath(PROMETHEUS_MOUNTS["./deploy/prometheus/prometheus.yml"]).parent / job["authorization"]["credentials_file"]
+    assert prom["secrets"] == [{"source": "metrics_token", "target": str(token_file)}]
+    # Never in a URL: no query parameters, no token-looking path.
+    assert "params" not in job and "?" not in job["metrics_path"] and "bearer_token" not in job

@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
         "and /metrics as Prometheus text with codex_ingest_events_total. Stores one event per run under "
         "its own tenant and a new Idempotency-Key. The event is signed like the generic scheme "
         "(X-Signature): with WEBHOOK_SECRET, or, for a --source declared in the service's sources file "
-        "with scheme = \"hmac-sha256\", with that source's own first secret. A --source declared with a "
+        "with one of the service's own schemes (hmac-sha256-bound, hmac-sha256-body), in that form, with that "
+        "source's own first secret (or the --tenant's, with a tenants table). A --source declared with a "
         "provider's scheme, or undeclared under strict_sources = true, is refused (exit 2). "
         "Exit 0 when every step passed, 1 when one failed, 2 for a bad argument.",
     )
@@ -119,10 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the service's WEBHOOK_SECRET, for a --source the sources file does not declare "
                        "(prefer the variable: a flag shows in ps) [env WEBHOOK_SECRET]")
     smoke.add_argument("--sources", default=None, metavar="PATH",
-                       help="the service's sources file, as serve's: a --source declared there with scheme "
-                       "\"hmac-sha256\" is signed with its own first secret (env:NAME read from the "
-                       "environment); declared with another scheme, or undeclared under strict_sources, "
-                       "it is refused [env CODEX_SOURCES]")
+                       help="the service's sources file, as serve's: a --source declared there with one of the "
+                       "service's own schemes is signed in its form with its own secret (env:NAME read from "
+                       "the environment); declared with a provider's scheme, or undeclared under "
+                       "strict_sources, it is refused [env CODEX_SOURCES]")
     smoke.add_argument("--source", default=DEFAULT_SOURCE, help=f"source of the test event [{DEFAULT_SOURCE}]")
     smoke.add_argument("--tenant", default=DEFAULT_TENANT, help=f"tenant of the test event [{DEFAULT_TENANT}]")
     smoke.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",

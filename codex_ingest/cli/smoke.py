@@ -13,11 +13,14 @@ event under (``smoke-check``, ``smoke``, ``smoke-<random>``) and nothing
 else. The secret is never printed.
 
 With the service's sources file (``--sources``, else CODEX_SOURCES), a
-``--source`` declared there with ``scheme = "hmac-sha256"`` is signed with
-its own first secret (read by serve's loader; no other source's secret is
-resolved); one declared with a provider's scheme, or an undeclared one under
-``strict_sources``, is refused up front (exit 2): smoke can sign only the
-generic scheme, and the service would answer 401 or 404.
+``--source`` declared there with one of the service's own schemes is signed
+in its form (``hmac-sha256-bound``: ``t=<now>,v2=`` over the time, tenant,
+route, key and body; ``hmac-sha256-body`` or ``hmac-sha256``: ``sha256=``
+over the body) with its own first secret, or the ``--tenant``'s own first
+one when the source lists its tenants (read by serve's loader; no other
+source's secret is resolved); one declared with a provider's scheme, an
+undeclared one under ``strict_sources``, or a tenant the source does not
+list, is refused up front (exit 2): the service would answer 401 or 404.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
 from typing import Any, TextIO
@@ -42,15 +45,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from codex_ingest.cli.common import EXIT_CONFIG, EXIT_FAILURE
 from codex_ingest.intake.checks import SOURCE_PATTERN, TENANT_PATTERN
-from codex_ingest.intake.sources import SourcesError, load_sources
+from codex_ingest.intake.sources import BOUND, GENERIC, SourcesError, load_sources
 
 DEFAULT_TENANT = "smoke-check"
 DEFAULT_SOURCE = "smoke"
 DEFAULT_TIMEOUT = 5.0
 EVENTS_COUNTER = "codex_ingest_events_total"
-# The one scheme of the sources file smoke can sign: the generic X-Signature.
-SIGNABLE_SCHEME = "hmac-sha256"
-SMOKE_SOURCE_EXAMPLE = '[sources.smoke] scheme = "hmac-sha256", secrets = ["env:SMOKE_SECRET"]'
+# The schemes of the sources file smoke can sign: the service's own X-Signature, either form.
+SMOKE_SOURCE_EXAMPLE = (f'[sources.smoke] scheme = "{BOUND}", secrets = ["env:SMOKE_SECRET"] '
+                        '(or scheme = "hmac-sha256" or "hmac-sha256-body" to sign the body alone)')
 
 
 class UsageError(Exception):
@@ -85,10 +88,31 @@ class Answer:
         return doc
 
 
+@dataclass(frozen=True)
+class Signer:
+    """How the service verifies the smoke event's X-Signature: the key, and
+    whether the signature is bound to the time, tenant, route and key
+    (scheme hmac-sha256-bound) or covers the body alone."""
+
+    secret: bytes = field(repr=False)
+    bound: bool = False
+
+    def sign(self, body: bytes, *, tenant: str, source: str, key: str) -> str:
+        if not self.bound:
+            return "sha256=" + hmac.new(self.secret, body, hashlib.sha256).hexdigest()
+        t = int(time.time())
+        head = f"{t}\n{tenant}\n/pos/{source}/ingest\n{key}\n".encode()
+        return f"t={t},v2=" + hmac.new(self.secret, head + body, hashlib.sha256).hexdigest()
+
+    def wrong(self) -> str:
+        """A well-formed signature that signs nothing."""
+        return f"t={int(time.time())},v2={'0' * 64}" if self.bound else "sha256=" + "0" * 64
+
+
 @dataclass
 class Check:
     url: str
-    secret: bytes
+    signer: Signer
     tenant: str
     source: str
     timeout: float
@@ -119,7 +143,7 @@ class Check:
         })
 
     def sign(self, body: bytes) -> str:
-        return "sha256=" + hmac.new(self.secret, body, hashlib.sha256).hexdigest()
+        return self.signer.sign(body, tenant=self.tenant, source=self.source, key=self.key)
 
     # -- the steps, in order; each returns its detail or raises ---------------
 
@@ -160,7 +184,7 @@ class Check:
 
     def bad_signature(self) -> str:
         body = json.dumps({"type": "smoke.check", "id": f"{self.key}-unsigned"}).encode()
-        answer = self.post_event(body, "sha256=" + "0" * 64)
+        answer = self.post_event(body, self.signer.wrong())
         _expect(answer, 401)
         return f"401 {answer.json().get('error')}"
 
@@ -197,34 +221,44 @@ def _transport(reason: object, timeout: float) -> str:
     return str(reason)
 
 
-def signing_secret(source: str, secret: str, sources: Path | None, origin: str = "--sources",
-                   environ: Mapping[str, str] | None = None) -> str:
-    """The secret the service verifies ``source``'s events with: the declared
-    source's own first one (``hmac-sha256`` only), else ``secret``
-    (WEBHOOK_SECRET's), for a source the sources file does not declare.
-    UsageError when smoke cannot sign for it."""
+def signer_for(source: str, tenant: str, secret: str, sources: Path | None, origin: str = "--sources",
+               environ: Mapping[str, str] | None = None) -> Signer:
+    """How the service verifies ``source``'s events: a source declared with
+    one of its own schemes, in that scheme's form, with the source's (or the
+    tenant's) own first secret; else ``secret`` (WEBHOOK_SECRET's) over the
+    body, for a source the sources file does not declare. UsageError when
+    smoke cannot sign for it."""
     if sources is not None:
         try:
             config = load_sources(sources, os.environ if environ is None else environ,
-                                  build=lambda name, scheme: name == source and scheme == SIGNABLE_SCHEME)
+                                  build=lambda name, scheme: name == source and scheme in GENERIC)
         except SourcesError as exc:
             raise UsageError(f"{origin} {exc}") from None
         scheme = config.schemes.get(source)
-        if scheme == SIGNABLE_SCHEME:
-            return config.sources[source].secrets[0]
+        if scheme in GENERIC:
+            spec = config.sources[source]
+            if spec.tenants is None:
+                own = spec.secrets[0]
+            elif tenant in spec.tenants:
+                own = spec.tenants[tenant][0]
+            else:
+                raise UsageError(
+                    f"--tenant {tenant} is not listed in [sources.{source}.tenants] of {sources} (the service would "
+                    f"answer 401): pass --tenant with a tenant listed there, or list one for the smoke check")
+            return Signer(own.encode(), bound=scheme == BOUND)
         if scheme is not None:
             raise UsageError(
                 f"--source {source} is declared in {sources} with scheme {scheme!r}, which smoke cannot sign: "
-                f"declare an {SIGNABLE_SCHEME} source for the smoke check, e.g. {SMOKE_SOURCE_EXAMPLE}, "
+                f"declare a source of the service's own scheme for the smoke check, e.g. {SMOKE_SOURCE_EXAMPLE}, "
                 f"and pass --source with its name")
         if config.strict:
             raise UsageError(
                 f"--source {source} is not declared in {sources}, which sets strict_sources = true "
-                f"(the service would answer 404): declare an {SIGNABLE_SCHEME} source for the smoke check, "
+                f"(the service would answer 404): declare a source for the smoke check, "
                 f"e.g. {SMOKE_SOURCE_EXAMPLE}, and pass --source with its name")
     if not secret:
         raise UsageError("--secret or WEBHOOK_SECRET is required")
-    return secret
+    return Signer(secret.encode())
 
 
 def smoke(url: str, secret: str, *, tenant: str = DEFAULT_TENANT, source: str = DEFAULT_SOURCE,
@@ -245,11 +279,11 @@ def smoke(url: str, secret: str, *, tenant: str = DEFAULT_TENANT, source: str = 
     try:
         if problem is not None:
             raise UsageError(problem)
-        key = signing_secret(source, secret, sources, sources_origin, environ)
+        signer = signer_for(source, tenant, secret, sources, sources_origin, environ)
     except UsageError as exc:
         print(f"codex-ingest smoke: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    check = Check(url.rstrip("/"), key.encode(), tenant, source, timeout)
+    check = Check(url.rstrip("/"), signer, tenant, source, timeout)
     steps: dict[str, Callable[[], str]] = {
         "healthz": check.healthz, "readyz": check.readyz, "event": check.event,
         "replay": check.replay, "bad-signature": check.bad_signature, "metrics": check.metrics,

@@ -22,6 +22,10 @@ from codex_ingest.errors import (
 SOURCE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x20-\x7e]{1,255}$")
+# application/json or application/<name>+json, the name made of RFC 9110 token characters.
+_JSON_MEDIA_TYPE = re.compile(r"^application/(?:[a-z0-9!#$%&'*+.^_`|~-]+\+)?json$")
+# An IANA charset name (utf-8, iso-8859-1, windows-1252, shift_jis, ...).
+_CHARSET = re.compile(r"^[a-z0-9][a-z0-9._:+-]{0,39}$")
 
 Headers = Mapping[str, str]  # case-insensitive in practice (aiohttp's CIMultiDictProxy)
 
@@ -59,17 +63,29 @@ def media_type(content_type: str | None) -> str:
 
 
 def check_content_type(headers: Headers, also: frozenset[str] = frozenset()) -> str | None:
-    """The declared Content-Type; absent is taken as JSON, a media type that is
-    neither JSON nor one of ``also`` is 415."""
+    """The declared Content-Type as it is stored: its media type and charset
+    only, lower case (``application/json; charset=utf-8``); None when absent
+    (taken as JSON). A media type that is neither JSON (``application/json``,
+    ``application/<name>+json``) nor one of ``also`` is 415.
+
+    Nothing else of the header is kept: its other parameters are the
+    sender's free text, and a reader of the stored event must not get it
+    back as if the service had vouched for it."""
     declared = headers.get("Content-Type")
     if declared is None:
         return None
-    kind = media_type(declared)
-    if kind != "application/json" and kind not in also and not (
-        kind.startswith("application/") and kind.endswith("+json")
-    ):
+    kind, *parameters = declared.split(";")
+    kind = kind.strip().lower()
+    if kind not in also and _JSON_MEDIA_TYPE.fullmatch(kind) is None:
         raise UnsupportedMediaType("Content-Type must be application/json" + "".join(f" or {m}" for m in sorted(also)))
-    return declared
+    for parameter in parameters:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            charset = value.strip().strip('"').lower()
+            # A name that is no charset's is dropped: the body is UTF-8 JSON whatever it says.
+            if _CHARSET.fullmatch(charset) is not None:
+                return f"{kind}; charset={charset}"
+    return kind
 
 
 def check_content_encoding(headers: Headers) -> None:

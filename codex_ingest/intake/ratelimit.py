@@ -8,6 +8,11 @@ is dropped as soon as it reaches the front. ``max_keys`` caps the rest: past
 it the least recently used bucket is dropped even if not full (that key
 starts again with a full bucket, which errs on the side of letting through).
 
+Only a request whose signature verified takes a token (``check``): a
+forged request naming a tenant must not spend that tenant's budget. Before
+the body is read, ``check_available`` refuses a request whose bucket is
+already empty, spending nothing and recording nothing.
+
 Limits are per process: workers and replicas do not share buckets (docs/security.md,
 "Rate limit").
 """
@@ -68,11 +73,23 @@ class RateLimiter:
         self._buckets[key] = (tokens, now)
         return (1.0 - tokens) / self._rate
 
+    def available_in(self, tenant: str, source: str) -> float:
+        """0.0 if (tenant, source) has a token now, else seconds until one is due; takes nothing, stores nothing."""
+        bucket = self._buckets.get((tenant, source))
+        if bucket is None:
+            return 0.0
+        tokens = min(self._burst, bucket[0] + (self._clock() - bucket[1]) * self._rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self._rate
+
     def check(self, tenant: str, source: str) -> None:
-        """Raise RateLimited (429, Retry-After) unless (tenant, source) may send now."""
-        wait = self.wait_time(tenant, source)
-        if wait > 0.0:
-            raise RateLimited(retry_after=max(1, math.ceil(wait)))
+        """Take a token for (tenant, source), or raise RateLimited (429, Retry-After).
+        Only for a request whose signature verified."""
+        _refuse_after(self.wait_time(tenant, source))
+
+    def check_available(self, tenant: str, source: str) -> None:
+        """Raise RateLimited when (tenant, source)'s bucket is empty now, taking
+        nothing: the cheap refusal before the body is read and verified."""
+        _refuse_after(self.available_in(tenant, source))
 
     def _evict(self, now: float) -> None:
         buckets = self._buckets
@@ -82,3 +99,8 @@ class RateLimiter:
             if now - last < self._full_after and len(buckets) <= self._max_keys:
                 return
             del buckets[key]
+
+
+def _refuse_after(wait: float) -> None:
+    if wait > 0.0:
+        raise RateLimited(retry_after=max(1, math.ceil(wait)))

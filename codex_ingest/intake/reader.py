@@ -3,16 +3,17 @@ webhook takes, whatever its source's scheme.
 
 Reading happens in two steps around the body, which the web layer reads in
 between: ``admit`` judges everything the headers can tell (which scheme, the
-tenant when the request names it, the rate limit, media type and encoding),
-so a request refused there costs no body read; ``read`` has the scheme
-verify the body (signature before parsing) and turns what it carries into
-IncomingEvents.
+tenant when the request names it, whether its rate-limit bucket is already
+empty, media type and encoding), so a request refused there costs no body
+read; ``read`` has the scheme verify the body (signature before parsing),
+only then takes the tenant's rate-limit token, and turns what the body
+carries into IncomingEvents. A forged request spends no tenant's budget.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from codex_ingest.errors import InvalidTenant, UnknownSource
@@ -27,8 +28,8 @@ from codex_ingest.intake.checks import (
     requested_tenant,
 )
 from codex_ingest.intake.ratelimit import RateLimiter
-from codex_ingest.intake.schemes.base import Delivery, Handshake, Scheme
-from codex_ingest.intake.schemes.generic import GenericHmacScheme
+from codex_ingest.intake.schemes.base import Delivery, Handshake, Scheme, Target
+from codex_ingest.intake.schemes.generic import GenericScheme
 from codex_ingest.intake.schemes.registry import SourceSchemes
 
 BATCH_MEDIA_TYPES = frozenset({batch.NDJSON})
@@ -65,38 +66,47 @@ class EventReader:
         generic scheme's sources take batches (providers never batch: 404).
         """
         scheme = self._sources.scheme_for(source)
-        if batch and not isinstance(scheme, GenericHmacScheme):
+        if batch and not isinstance(scheme, GenericScheme):
             raise UnknownSource(f"source {source!r} is a provider's: providers send one event per request, never a batch")
         tenant = requested_tenant(headers, query)
         if tenant is None and scheme.tenant_from_request:
             raise InvalidTenant("X-Tenant-Id header (or ?tenant=) is required")
         if limiter is not None and tenant is not None:
-            limiter.check(tenant, source)  # before the body is read: a refused request costs no read
+            # Before the body is read, so a refused request costs no read; but
+            # nothing is spent: the request is not known to be the tenant's yet.
+            limiter.check_available(tenant, source)
         content_type = check_content_type(headers, also=BATCH_MEDIA_TYPES if batch else frozenset())
         check_content_encoding(headers)
         return Admitted(source, scheme, tenant, content_type, limiter)
 
     def read(self, admitted: Admitted, headers: Headers, body: bytes) -> list[IncomingEvent] | Handshake:
         """Verify ``body`` with the source's scheme; the events it carries, or a provider's handshake."""
-        read = admitted.scheme.read(headers, body)
+        scheme = admitted.scheme
+        if isinstance(scheme, GenericScheme):
+            assert admitted.tenant is not None  # admit: the generic schemes' tenant comes from the request
+            read: Sequence[Delivery] | Handshake = scheme.read(headers, body, Target(admitted.tenant, admitted.source))
+        else:
+            read = scheme.read(headers, body)
         if isinstance(read, Handshake):
             return read
         events = [_event(delivery, admitted) for delivery in read]
-        if admitted.limiter is not None and admitted.tenant is None:
-            # The provider names the tenant in the body or its own header:
-            # known only now, after verification, still before the database.
+        if admitted.limiter is not None:
+            # Verified: now the tenant's tokens may be spent (the provider may
+            # name the tenant in the body: known only now), before the database.
             for tenant in dict.fromkeys(e.tenant_id for e in events):
                 admitted.limiter.check(tenant, admitted.source)
         return events
 
-
-    def read_batch(self, admitted: Admitted, headers: Headers, body: bytes, max_items: int) -> list[IncomingEvent | InvalidItem]:
+    def read_batch(self, admitted: Admitted, headers: Headers, body: bytes, *, max_items: int,
+                   max_item_bytes: int) -> list[IncomingEvent | InvalidItem]:
         """Verify a batch's signature over the whole body, then each item as an event or why it is invalid."""
-        assert isinstance(admitted.scheme, GenericHmacScheme) and admitted.tenant is not None  # admit(batch=True)
-        admitted.scheme.verify(headers, body)
-        items = batch.split(body, media_type(admitted.content_type), max_items)
-        return [batch.to_event(item, tenant=admitted.tenant, source=admitted.source, content_type=ITEM_CONTENT_TYPE)
-                for item in items]
+        scheme, tenant = admitted.scheme, admitted.tenant
+        assert isinstance(scheme, GenericScheme) and tenant is not None  # admit(batch=True)
+        scheme.verify(headers, body, Target(tenant, admitted.source, batch=True))
+        if admitted.limiter is not None:
+            admitted.limiter.check(tenant, admitted.source)
+        return batch.read_items(body, media_type(admitted.content_type), tenant=tenant, source=admitted.source,
+                                content_type=ITEM_CONTENT_TYPE, max_items=max_items, max_item_bytes=max_item_bytes)
 
 
 def _event(delivery: Delivery, admitted: Admitted) -> IncomingEvent:

@@ -1,6 +1,7 @@
 """HMAC-SHA256 over the raw body, verified in constant time: the keyed
-states every HMAC scheme shares, and the service's own ``X-Signature``
-header (the generic scheme's)."""
+states every HMAC scheme shares, the keys of a generic source (one set, or
+one per tenant), and the service's own ``X-Signature`` header (the generic
+scheme's)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import base64
 import binascii
 import hashlib
 import hmac
+import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from codex_ingest.errors import InvalidSignature
 
@@ -55,6 +57,38 @@ class HmacKeys:
             raise InvalidSignature(f"{name} does not match the body")
 
 
+class KeyRing:
+    """The keys a generic source verifies with: the same secrets for every
+    tenant, or each tenant's own (``tenants``), so that one tenant's secret
+    cannot sign for another. A tenant with no secrets of its own gets a
+    random key nobody has: its request is refused after the same kind of
+    work (an HMAC of its bytes) and with the same answer as a wrong
+    signature, so the answer does not tell which tenants exist."""
+
+    __slots__ = ("_decoy", "_shared", "_tenants")
+
+    def __init__(self, secrets: Sequence[str], tenants: Mapping[str, Sequence[str]] | None = None) -> None:
+        self._shared = HmacKeys(s.encode("utf-8") for s in secrets) if tenants is None else None
+        self._tenants = {t: HmacKeys(s.encode("utf-8") for s in own) for t, own in (tenants or {}).items()}
+        self._decoy = HmacKeys([os.urandom(DIGEST_SIZE)])
+
+    def for_tenant(self, tenant: str | None) -> HmacKeys:
+        if self._shared is not None:
+            return self._shared
+        keys = self._tenants.get(tenant) if tenant is not None else None
+        return self._decoy if keys is None else keys
+
+
+def parse_x_signature(header: str | None) -> bytes:
+    """The digest in ``X-Signature: sha256=<hex>`` (or the bare hex), or InvalidSignature."""
+    if header is None:
+        raise InvalidSignature("X-Signature header is missing")
+    match = _X_SIGNATURE.match(header.strip())
+    if match is None:
+        raise InvalidSignature("X-Signature must be sha256=<64 hex digits>")
+    return bytes.fromhex(match.group(1))
+
+
 class HmacSha256Verifier:
     """Checks ``X-Signature: sha256=<hex>`` (or the bare hex digest) against
     one or more secrets; any one verifying is enough (rotation)."""
@@ -70,12 +104,7 @@ class HmacSha256Verifier:
 
     def verify(self, body: bytes, header: str | None) -> None:
         """Raise InvalidSignature unless ``header`` signs ``body``."""
-        if header is None:
-            raise InvalidSignature("X-Signature header is missing")
-        match = _X_SIGNATURE.match(header.strip())
-        if match is None:
-            raise InvalidSignature("X-Signature must be sha256=<64 hex digits>")
-        self._keys.verify([bytes.fromhex(match.group(1))], body, name="X-Signature")
+        self._keys.verify([parse_x_signature(header)], body, name="X-Signature")
 
 
 def decode_base64_digest(text: str, name: str) -> bytes:

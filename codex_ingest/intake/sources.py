@@ -11,6 +11,10 @@ to which ``/pos/{source}/ingest``, and how each signs.
     notification_url = "https://ingest.example.com/pos/square/ingest"
     tolerance_seconds = 300         # schemes that sign a timestamp
 
+    [sources.orders]                # no scheme: hmac-sha256-bound, the service's own
+    [sources.orders.tenants]        # generic sources: each tenant its own secrets
+    shop-1 = ["env:SHOP1_SECRET"]
+
 Read once at start-up into plain, picklable data (workers are spawned with
 it); schemes.registry.build_sources turns it into verifiers. Every problem is one
 SourcesError line naming the file, the source and the key, and never a
@@ -25,12 +29,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from codex_ingest.intake.checks import SOURCE_PATTERN
+from codex_ingest.intake.checks import SOURCE_PATTERN, TENANT_PATTERN
 from codex_ingest.intake.schemes.standard_webhooks import decode_secret
 
-SCHEMES = ("hmac-sha256", "square", "shopify", "stripe", "standard-webhooks", "toast", "clover")
+# The service's own X-Signature schemes. "hmac-sha256-bound" signs the time,
+# tenant, route and key with the body, and is what a source declared without
+# a scheme gets. "hmac-sha256-body" signs the body alone, for senders that
+# cannot do more; "hmac-sha256" is its name from before the bound scheme
+# existed, kept so that sources files written then mean what they meant.
+BOUND = "hmac-sha256-bound"
+BODY_ONLY = ("hmac-sha256-body", "hmac-sha256")
+GENERIC = frozenset({BOUND, *BODY_ONLY})
+DEFAULT_SCHEME = BOUND
+SCHEMES = (BOUND, *BODY_ONLY, "square", "shopify", "stripe", "standard-webhooks", "toast", "clover")
 # Schemes that sign a timestamp, and so check it against tolerance_seconds.
-TIMESTAMPED = frozenset({"stripe", "standard-webhooks", "toast"})
+TIMESTAMPED = frozenset({BOUND, "stripe", "standard-webhooks", "toast"})
 DEFAULT_TOLERANCE_SECONDS = 300
 ENV_PREFIX = "env:"
 
@@ -43,9 +56,13 @@ class SourcesError(Exception):
 class SourceSpec:
     name: str
     scheme: str
-    secrets: tuple[str, ...] = field(repr=False)  # resolved: never logged
+    secrets: tuple[str, ...] = field(repr=False)  # resolved: never logged; empty with ``tenants``
     notification_url: str | None = None
     tolerance_seconds: int = DEFAULT_TOLERANCE_SECONDS
+    # Generic schemes: each tenant's own secrets (resolved). When set, a
+    # request for a tenant is verified with that tenant's secrets alone, and
+    # a tenant not listed can send nothing.
+    tenants: Mapping[str, tuple[str, ...]] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,9 +125,9 @@ def _scheme(name: str, table: Any, origin: str) -> str:
         raise SourcesError(f"{where}: the source name must match ^[a-z0-9][a-z0-9_-]{{0,63}}$ (it is the URL's {{source}})")
     if not isinstance(table, dict):
         raise SourcesError(f"{where} must be a table")
-    scheme = table.get("scheme")
+    scheme = table.get("scheme", DEFAULT_SCHEME)
     if scheme not in SCHEMES:
-        raise SourcesError(f"{where}: scheme must be one of {', '.join(SCHEMES)}")
+        raise SourcesError(f"{where}: scheme must be one of {', '.join(SCHEMES)} (none: {DEFAULT_SCHEME})")
     return str(scheme)
 
 
@@ -121,10 +138,20 @@ def _source(name: str, scheme: str, table: dict[str, Any], environ: Mapping[str,
         allowed.add("notification_url")
     if scheme in TIMESTAMPED:
         allowed.add("tolerance_seconds")
+    if scheme in GENERIC:
+        allowed.add("tenants")
     unknown = set(table) - allowed
     if unknown:
         raise SourcesError(f"{where}: {', '.join(sorted(unknown))} not allowed for scheme {scheme!r} (allowed: {', '.join(sorted(allowed))})")
-    secrets = _secrets(table.get("secrets"), environ, where)
+    tenants = None
+    if "tenants" in table:
+        if "secrets" in table:
+            raise SourcesError(f"{where}: secrets and tenants cannot both be set: with [sources.{name}.tenants] "
+                               "each tenant has its own secrets, and a tenant not listed is refused")
+        tenants = _tenants(table["tenants"], environ, where)
+        secrets: tuple[str, ...] = ()
+    else:
+        secrets = _secrets(table.get("secrets"), environ, where)
     if scheme == "standard-webhooks":
         for index, secret in enumerate(secrets):
             try:
@@ -137,7 +164,20 @@ def _source(name: str, scheme: str, table: dict[str, Any], environ: Mapping[str,
     tolerance = table.get("tolerance_seconds", DEFAULT_TOLERANCE_SECONDS)
     if type(tolerance) is not int or tolerance < 1:
         raise SourcesError(f"{where}: tolerance_seconds must be a whole number of seconds, at least 1")
-    return SourceSpec(name=name, scheme=scheme, secrets=secrets, notification_url=url, tolerance_seconds=tolerance)
+    return SourceSpec(name=name, scheme=scheme, secrets=secrets, notification_url=url, tolerance_seconds=tolerance,
+                      tenants=tenants)
+
+
+def _tenants(value: Any, environ: Mapping[str, str], where: str) -> dict[str, tuple[str, ...]]:
+    """[sources.NAME.tenants]: tenant = [secrets], each list resolved like ``secrets``."""
+    if not isinstance(value, dict) or not value:
+        raise SourcesError(f"{where}: tenants must be a table of tenant = [secrets], with at least one tenant")
+    tenants = {}
+    for tenant, secrets in value.items():
+        if TENANT_PATTERN.fullmatch(tenant) is None:
+            raise SourcesError(f"{where}: tenants: {tenant!r} is not a tenant name (^[A-Za-z0-9][A-Za-z0-9._:-]{{0,127}}$)")
+        tenants[tenant] = _secrets(secrets, environ, f"{where}: tenants.{tenant}")
+    return tenants
 
 
 def _secrets(value: Any, environ: Mapping[str, str], where: str) -> tuple[str, ...]:

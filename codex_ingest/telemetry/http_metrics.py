@@ -5,10 +5,10 @@ The exporter's middleware calls ``.labels(**kwargs)`` five times a request;
 each call hashes the labels, takes a lock and validates them, which cost
 about 22 us a request here (bench/metrics_overhead.py), a tenth of the whole
 ingest. This middleware keeps the exporter's metric names, labels and
-meaning, so dashboards written for the exporter still work, and its
-/metrics handler still serves them (web/routes.py), but looks each label child up
-once per distinct (method, scheme, remote, path template[, status]) and
-reuses it.
+meaning, so dashboards written for the exporter still work, and /metrics
+(web/probes.py) serves them as the exporter's handler did, but looks each
+label child up once per distinct (method, scheme, remote, path template[,
+status]) and reuses it.
 
 The client address label is the constant "-" unless METRICS_REMOTE_LABEL is
 on: labelling it creates one set of series per client address, unbounded

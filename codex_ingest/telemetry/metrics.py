@@ -2,15 +2,22 @@
 http_metrics.py).
 
 Labels stay bounded: no tenant label, outcomes are a fixed set, and the
-source label takes the first ``MAX_SOURCE_LABELS`` names seen, then
-"_other", so a caller inventing source names cannot grow the series.
+source label is only ever a source that exists: one declared in the sources
+file, or an undeclared name that a verified request came for (an outcome
+only a verified request can have, see ``_proves``), up to
+``MAX_SOURCE_LABELS`` in all. Everything else is counted as "_other": a name
+that failed validation, or an undeclared one refused before it proved
+anything (a bad signature, bad input, a rate limit on the headers), never
+takes a label, so a caller inventing source names, signed or not, cannot
+grow the series, nor use up the slots a real source needs.
 
 Every series whose label values are known starts at 0, so a dashboard shows
 0 rather than "no data" and a rate() sees the first increase: each database
 error class the service names, each outcome's duration, and each source's
 outcomes. The sources of the sources file are known at start-up and take
-their label slots first; any other source gets all its outcomes at once, the
-first time it is seen (while it has a slot of its own; then "_other" does).
+their label slots first; any other source gets all its outcomes at once,
+when it first proves it exists (while there is a slot; then "_other" does).
+Each worker decides from what it has seen itself.
 """
 
 from __future__ import annotations
@@ -35,6 +42,12 @@ OUTCOMES = (
 )
 MAX_SOURCE_LABELS = 100
 OTHER_SOURCE = "_other"
+
+# Outcomes only a verified request can have: its source exists.
+PROOF_OUTCOMES = frozenset({"accepted", "duplicate", "conflict"})
+# Outcomes a request can have before or after it is verified: proof only
+# when the handler says it was verified (a 429 on the headers is not).
+PROOF_IF_VERIFIED = frozenset({"rate_limited", "unavailable"})
 
 _DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -124,39 +137,52 @@ class ServiceMetrics:
             self._sources.add(source)
             self._start_source(source)
 
-    def record(self, source: str, outcome: str, seconds: float) -> None:
+    def record(self, source: str, outcome: str, seconds: float, *, verified: bool = False) -> None:
+        """One ingest request's outcome and time.
+
+        ``verified``: the request's signature was verified before it ended
+        (say so for a 503 or a 429 that came after verification); it decides
+        whether an undeclared ``source`` may take a label of its own.
+        """
         children = self._children.get((source, outcome))
         if children is None:
-            children = self._add_children(source, outcome)
+            children = self._children_for(self._label(source, _proves(outcome, verified)), outcome)
         children[0].inc()
         children[1].observe(seconds)
 
     def record_events(self, source: str, outcomes: list[str], answer: str, seconds: float) -> None:
-        """One request that carried several events (Clover): each event's
-        outcome is counted; the request's time is observed once, under
-        ``answer``, the outcome its HTTP status reports."""
+        """One verified request that carried several events (Clover, a
+        batch): each event's outcome is counted; the request's time is
+        observed once, under ``answer``, the outcome its HTTP status reports.
+        The source takes a label as for one request, on its events' outcomes
+        (a batch of invalid items alone does not)."""
+        label = self._label(source, any(_proves(o, True) for o in outcomes))
         # One inc per distinct outcome, not per event: a batch holds up to 1000.
         for outcome, count in collections.Counter(outcomes).items():
-            children = self._children.get((source, outcome)) or self._add_children(source, outcome)
-            children[0].inc(count)
-        children = self._children.get((source, answer)) or self._add_children(source, answer)
-        children[1].observe(seconds)
+            self._children_for(label, outcome)[0].inc(count)
+        self._children_for(label, answer)[1].observe(seconds)
 
-    def _add_children(self, source: str, outcome: str) -> tuple[Counter, Histogram]:
-        label = source
-        if source != OTHER_SOURCE and source not in self._sources:
-            if len(self._sources) < MAX_SOURCE_LABELS:
-                self._sources.add(source)
-            else:
-                label = OTHER_SOURCE
-        if label not in self._started:
-            self._start_source(label)
-        children = (
-            self._events.labels(source=label, outcome=outcome),
-            self._duration.labels(outcome=outcome),
-        )
-        if label != OTHER_SOURCE:
-            self._children[(source, outcome)] = children
+    def _label(self, source: str, proves: bool) -> str:
+        """``source`` if it has a label or may take one now, else "_other"."""
+        if source in self._sources:
+            return source
+        if proves and source != OTHER_SOURCE and len(self._sources) < MAX_SOURCE_LABELS:
+            self._sources.add(source)
+            return source
+        return OTHER_SOURCE
+
+    def _children_for(self, label: str, outcome: str) -> tuple[Counter, Histogram]:
+        """The (counter, histogram) children of a label that exists (or "_other"), cached:
+        the cache holds labels only, never a name that was refused, so it stays bounded."""
+        children = self._children.get((label, outcome))
+        if children is None:
+            if label not in self._started:
+                self._start_source(label)
+            children = (
+                self._events.labels(source=label, outcome=outcome),
+                self._duration.labels(outcome=outcome),
+            )
+            self._children[(label, outcome)] = children
         return children
 
     def _start_source(self, label: str) -> None:
@@ -207,6 +233,11 @@ class ServiceMetrics:
 
     def exposition(self) -> bytes:
         return prometheus_client.generate_latest(scrape_registry(self.registry))
+
+
+def _proves(outcome: str, verified: bool) -> bool:
+    """Whether a request with this outcome shows that its source exists."""
+    return outcome in PROOF_OUTCOMES or (verified and outcome in PROOF_IF_VERIFIED)
 
 
 def multiprocess_mode() -> bool:

@@ -29,6 +29,7 @@ from codex_ingest.telemetry.metrics import ServiceMetrics
 from codex_ingest.web import appkeys as keys
 from codex_ingest.web.auth import ReadAuth
 from codex_ingest.web.background import background_jobs
+from codex_ingest.web.body import BODY_BUDGET, BodyBudget
 from codex_ingest.web.middleware import response_headers, service_middleware
 from codex_ingest.web.routes import setup_routes
 
@@ -44,8 +45,10 @@ def create_app(settings: Settings, *, queries: Queries | None = None, clock: Clo
         raise ValueError("create_app needs settings.database_url (serve resolves the embedded one)")
     registry = CollectorRegistry(auto_describe=True)
     http_metrics = HttpMetrics(registry, label_remote=settings.metrics_remote_label)
+    # What this worker may hold of request bodies not yet verified (web/body.py).
+    body_budget = BodyBudget(settings.body_buffer_bytes, retry_after=settings.retry_after_seconds)
     app = web.Application(
-        middlewares=[service_middleware(http_metrics)],
+        middlewares=[service_middleware(http_metrics, body_budget.release)],
         # Each route enforces its own limit while reading (web/body.py); this
         # is aiohttp's own backstop, the largest of them.
         client_max_size=max(settings.max_body_bytes, settings.max_batch_bytes),
@@ -55,6 +58,7 @@ def create_app(settings: Settings, *, queries: Queries | None = None, clock: Clo
     )
     app.on_response_prepare.append(response_headers)
     app[keys.SETTINGS] = settings
+    app[BODY_BUDGET] = body_budget
     app[keys.QUERIES] = queries if queries is not None else load_queries()
     app[keys.METRICS] = ServiceMetrics(
         registry,

@@ -2,10 +2,11 @@
 in-house systems and POS terminals sending what they queued while offline.
 
 The request is admitted, read and verified as a whole (intake.reader, the
-generic X-Signature scheme); each item is then stored on its own key through
-the same dedup statement, in one round trip for the whole batch. The answer
-is 200 with a result per item, in order: accepted, duplicate, conflict or
-invalid. A database failure fails the whole request with 503; its retry
+service's own X-Signature scheme); its items are counted (BATCH_MAX_ITEMS)
+and each held to MAX_BODY_BYTES like a single event (intake.batch); each is
+then stored on its own key through the same dedup statement, in one round
+trip for the whole batch. The answer is 200 with a result per item, in
+order: accepted, duplicate, conflict or invalid. A database failure fails the whole request with 503; its retry
 settles every item as accepted or duplicate.
 """
 
@@ -34,20 +35,23 @@ async def ingest_batch(request: web.Request) -> web.Response:
     metrics = app[METRICS]
     started = time.perf_counter()
     source = request.match_info["source"]
+    verified = False  # whether the source proved itself: only then may a new name take a metrics label
     try:
         reader = app[READER]
         admitted = reader.admit(source, request.headers, request.query, app.get(RATE_LIMITER), batch=True)
         body = await read_body(request, settings.max_batch_bytes, settings.body_read_timeout)
-        items = reader.read_batch(admitted, request.headers, body, settings.batch_max_items)
+        items = reader.read_batch(admitted, request.headers, body, max_items=settings.batch_max_items,
+                                  max_item_bytes=settings.max_body_bytes)
+        verified = True
         events = [item for item in items if isinstance(item, IncomingEvent)]
         stored = await app[WRITER].submit_many(events) if events else []
     except IngestError as exc:
-        metrics.record(source, exc.outcome, time.perf_counter() - started)
+        metrics.record(source, exc.outcome, time.perf_counter() - started, verified=verified)
         raise
     unavailable = next((r for r in stored if isinstance(r, DatabaseUnavailable)), None)
     if unavailable is not None:
         # Part of the batch may be stored; the retry answers those as duplicates.
-        metrics.record(source, unavailable.outcome, time.perf_counter() - started)
+        metrics.record(source, unavailable.outcome, time.perf_counter() - started, verified=True)
         raise unavailable
     results = iter(stored)
     listed: list[dict[str, object]] = []

@@ -35,12 +35,14 @@ async def ingest(request: web.Request) -> web.Response:
     metrics = app[METRICS]
     started = time.perf_counter()
     source = request.match_info["source"]
+    verified = False  # whether the source proved itself: only then may a new name take a metrics label
     try:
         reader = app[READER]
         admitted = reader.admit(source, request.headers, request.query, app.get(RATE_LIMITER))
         settings = app[SETTINGS]
         body = await read_body(request, settings.max_body_bytes, settings.body_read_timeout)
         read = reader.read(admitted, request.headers, body)
+        verified = True
         if isinstance(read, Handshake):
             # The operator needs this code to finish the provider's set-up;
             # it is the provider's one-time code, not one of our secrets.
@@ -54,7 +56,7 @@ async def ingest(request: web.Request) -> web.Response:
     except IngestError as exc:
         # Names nobody declared (strict_sources) must not take label slots.
         label = OTHER_SOURCE if isinstance(exc, UnknownSource) else source
-        metrics.record(label, exc.outcome, time.perf_counter() - started)
+        metrics.record(label, exc.outcome, time.perf_counter() - started, verified=verified)
         raise
     if admitted.scheme.fan_out:
         return await _store_all(request, source, read, started)

@@ -1,5 +1,6 @@
 """The one middleware every request passes: its request id, its HTTP
-metrics, and errors as JSON; and the headers every response carries.
+metrics, errors as JSON, and giving back what its body took of the worker's
+body budget (web/body.py); and the headers every response carries.
 
 One middleware rather than three: each layer costs a coroutine frame and a
 call per request. The order inside it is what three would give: the error
@@ -43,11 +44,20 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
 
-def service_middleware(http_metrics: HttpMetrics) -> Middleware:
+def request_id(request: web.BaseRequest) -> str:
+    """The caller's own request id, if it sent a short safe one, else a new one."""
+    given = request.headers.get(REQUEST_ID_HEADER)
+    return given if given is not None and _CALLER_REQUEST_ID.fullmatch(given) else new_request_id()
+
+
+def service_middleware(
+    http_metrics: HttpMetrics, release_body: Callable[[web.Request], None] | None = None
+) -> Middleware:
+    """``release_body``: gives back what a request's body took of the worker's budget (web/body.py)."""
+
     @web.middleware
     async def every_request(request: web.Request, handler: Handler) -> web.StreamResponse:
-        given = request.headers.get(REQUEST_ID_HEADER)
-        rid = given if given is not None and _CALLER_REQUEST_ID.fullmatch(given) else new_request_id()
+        rid = request_id(request)
         timing = http_metrics.start(request)
         try:
             response = await _answer_errors(request, handler)
@@ -58,6 +68,10 @@ def service_middleware(http_metrics: HttpMetrics) -> Middleware:
         except BaseException:  # cancelled: no answer to count, but no longer in progress
             timing[1].dec()
             raise
+        finally:
+            # The handler is done with its body: what it held goes back to the budget.
+            if release_body is not None:
+                release_body(request)
         http_metrics.finish(timing, response.status)
         response.headers[REQUEST_ID_HEADER] = rid
         return response

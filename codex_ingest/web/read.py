@@ -2,10 +2,12 @@
 an optional wait at the head (long-poll).
 
 A consumer that always continues from ``next_cursor`` gets every committed
-event of its tenant exactly once (storage/delivery.py says why). With
-``wait=N`` a read that finds nothing waits up to N seconds for new events
-(woken by storage/notify.py, never by polling) and then answers, empty or
-not.
+event of its tenant exactly once (storage/delivery.py says why). A page holds
+at most ``limit`` events and READ_PAGE_MAX_BYTES of bodies (one larger event
+comes alone). With ``wait=N`` a read that finds nothing waits up to N seconds
+for new events (woken by storage/notify.py, never by polling) and then
+answers, empty or not; past READ_MAX_WAITING waiting readers in this worker,
+it answers at once, empty, with ``Retry-After``: its wait, to come back after.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from aiohttp import web
 
 from codex_ingest.errors import InvalidParameter, InvalidSource, InvalidTenant
 from codex_ingest.intake.checks import SOURCE_PATTERN, TENANT_PATTERN
+from codex_ingest.settings import parse_ascii_decimal, parse_ascii_int
 from codex_ingest.storage.delivery import START, Cursor, StoredEvent
-from codex_ingest.web.appkeys import EVENT_LOG, HEAD_WATCH, METRICS, READ_AUTH
+from codex_ingest.web.appkeys import EVENT_LOG, HEAD_WATCH, METRICS, READ_AUTH, SETTINGS
 from codex_ingest.web.responses import json_response
 
 DEFAULT_LIMIT = 100
@@ -32,20 +35,26 @@ NO_STORE = {"Cache-Control": "no-store"}
 def _limit(text: str | None) -> int:
     if text is None:
         return DEFAULT_LIMIT
-    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
-        raise InvalidParameter("invalid_limit", f"limit must be a whole number from 1 to {MAX_LIMIT}")
-    return int(text)
+    try:
+        limit = parse_ascii_int(text)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidParameter("invalid_limit", f"limit must be a whole number from 1 to {MAX_LIMIT} (digits 0-9)")
+    return limit
 
 
 def _wait(text: str | None) -> float:
     if text is None:
         return 0.0
     try:
-        seconds = float(text)
+        seconds = parse_ascii_decimal(text)
     except ValueError:
-        seconds = math.nan
-    if not 0 <= seconds <= MAX_WAIT_SECONDS:  # also false for NaN
-        raise InvalidParameter("invalid_wait", f"wait must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}")
+        seconds = -1.0
+    if not 0 <= seconds <= MAX_WAIT_SECONDS:
+        raise InvalidParameter(
+            "invalid_wait", f"wait must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g} (digits 0-9 and '.')"
+        )
     return seconds
 
 
@@ -77,22 +86,34 @@ async def read_events(request: web.Request) -> web.Response:
     limit = _limit(query.get("limit"))
     wait = _wait(query.get("wait"))
 
+    settings = app[SETTINGS]
     log = app[EVENT_LOG]
     watch = app[HEAD_WATCH]
+    max_bytes = settings.read_page_max_bytes
+    headers = NO_STORE
     # Marked before each read: a commit announced while the read runs is not missed by the wait after it.
     since = watch.mark()
-    events = await log.page(tenant, source, after, limit)
+    events = await log.page(tenant, source, after, limit, max_bytes)
     if not events and wait > 0:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        while not events and (remaining := deadline - loop.time()) > 0:
-            # Woken by a NOTIFY, or the time is up: read again either way.
-            await watch.wait(remaining, since)
-            since = watch.mark()
-            events = await log.page(tenant, source, after, limit)
+        with watch.place(settings.read_max_waiting) as waiting:
+            if not waiting:
+                # Every waiting reader re-reads at every write: past the cap, the
+                # reader is answered as if its wait had run out unwoken, and is
+                # told to come back when it would have.
+                headers = {**NO_STORE, "Retry-After": str(math.ceil(wait))}
+            else:
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + wait
+                while not events and (remaining := deadline - loop.time()) > 0:
+                    # Woken by a NOTIFY, or the time is up: read again either way.
+                    await watch.wait(remaining, since)
+                    # A few at a time (storage/notify.py): the writes must not queue behind the crowd.
+                    async with watch.rereads:
+                        since = watch.mark()
+                        events = await log.page(tenant, source, after, limit, max_bytes)
     app[METRICS].served(len(events))
     next_cursor = events[-1].cursor if events else (after or START)
     return json_response(
         {"events": [event_document(e) for e in events], "next_cursor": next_cursor.encode()},
-        headers=NO_STORE,
+        headers=headers,
     )

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from aiohttp import web
-from aiohttp_prometheus_exporter.handler import metrics as metrics_handler
 
-from codex_ingest.telemetry.metrics import scrape_registry
-from codex_ingest.web.appkeys import METRICS, READ_AUTH
+from codex_ingest.web.appkeys import METRICS, READ_AUTH, SETTINGS
 from codex_ingest.web.batch import ingest_batch
 from codex_ingest.web.body import continue_within_limit
 from codex_ingest.web.ingest import ingest
 from codex_ingest.web.openapi import openapi_document
-from codex_ingest.web.probes import healthz, readyz
+from codex_ingest.web.probes import MetricsEndpoint, healthz, readyz
 from codex_ingest.web.read import read_events
 
 
@@ -20,8 +18,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/pos/{source}/ingest/batch", ingest_batch, expect_handler=continue_within_limit)
     app.router.add_get("/healthz", healthz, allow_head=True)
     app.router.add_get("/readyz", readyz, allow_head=True)
-    # The exporter's handler serves this process's series, or every worker's.
-    app.router.add_get("/metrics", metrics_handler(scrape_registry(app[METRICS].registry)))
+    # This process's series, or every worker's; METRICS_TOKEN and METRICS_CACHE_SECONDS apply.
+    app.router.add_get("/metrics", MetricsEndpoint(app[METRICS], app[SETTINGS]).scrape)
     app.router.add_get("/openapi.json", openapi_document)
     if READ_AUTH in app:  # reading is off (404) until CODEX_API_TOKENS names a token
         app.router.add_get("/events", read_events, allow_head=False)

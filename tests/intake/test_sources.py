@@ -16,8 +16,8 @@ import pytest
 from bench.local import free_port
 from codex_ingest.intake.sources import SourcesError, parse_sources
 from codex_ingest.settings import SERVE_OPTIONS, ConfigError, load_settings
+from tests.cli import BASE_ENV, run_cli, stop, wait_healthy
 from tests.provider_helpers import shopify_signature
-from tests.test_cli import BASE_ENV, run_cli, stop, wait_healthy
 
 SECRET_VALUE = "hunter2-super-secret"
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,7 +86,15 @@ def test_the_example_file_is_valid(tmp_path: Path) -> None:
         ("sources = 3", "sources must be tables"),
         ('[sources.Bad_Name]\nscheme = "stripe"\nsecrets = ["x"]', "source name must match"),
         ('[sources.a]\nscheme = "paypal"\nsecrets = ["x"]', "scheme must be one of"),
-        ('[sources.a]\nsecrets = ["x"]', "scheme must be one of"),
+        ('[sources.a]\nscheme = "hmac-sha256-v2"\nsecrets = ["x"]', "(none: hmac-sha256-bound)"),
+        ('[sources.a]\nsecrets = ["x"]\n[sources.a.tenants]\nshop-1 = ["y"]', "secrets and tenants cannot both be set"),
+        ('[sources.a]\nscheme = "stripe"\nsecrets = ["x"]\n[sources.a.tenants]\nshop-1 = ["y"]', "tenants not allowed"),
+        ('[sources.a]\ntenants = {}', "tenants must be a table of tenant = [secrets]"),
+        ('[sources.a]\ntenants = ["shop-1"]', "tenants must be a table of tenant = [secrets]"),
+        ('[sources.a.tenants]\n"shop 1" = ["y"]', "tenants: 'shop 1' is not a tenant name"),
+        ('[sources.a.tenants]\nshop-1 = []', "[sources.a]: tenants.shop-1: secrets must be a non-empty list"),
+        ('[sources.a.tenants]\nshop-1 = ["env:EMPTY"]', "tenants.shop-1: secrets[0] names the environment variable EMPTY"),
+        ('[sources.a]\nscheme = "hmac-sha256-body"\nsecrets = ["x"]\ntolerance_seconds = 60', "tolerance_seconds not allowed"),
         ('[sources.a]\nscheme = "stripe"', "secrets must be a non-empty list"),
         ('[sources.a]\nscheme = "stripe"\nsecrets = []', "secrets must be a non-empty list"),
         ('[sources.a]\nscheme = "stripe"\nsecrets = "whsec_x"', "secrets must be a non-empty list"),

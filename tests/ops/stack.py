@@ -29,7 +29,7 @@ import yaml
 from bench.local import free_port
 from tests.helpers import SECRET
 from tests.live import BASE_ENV
-from tests.test_cli import wait_healthy
+from tests.cli import wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
@@ -38,6 +38,8 @@ RULES_TEST = PROMETHEUS_DIR / "rules_test.yml"
 CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "codex-ingest.json"
 JOB = "codex-ingest"
+# The service's METRICS_TOKEN in tests/ops; Prometheus reads it from the file its config names.
+METRICS_TOKEN = "ops-metrics-token-0123456789"
 
 
 def _stop(proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -125,7 +127,7 @@ class Prometheus:
 
 def prometheus_config(target: str, rules: Path, interval: str = "1s") -> dict[str, Any]:
     """deploy/prometheus/prometheus.yml, scraping ``target`` every ``interval``,
-    with its rule file by absolute path."""
+    with its rule file by absolute path (and its token file as it names it)."""
     config = yaml.safe_load(CONFIG.read_text())
     config["global"].update(scrape_interval=interval, scrape_timeout=interval, evaluation_interval=interval)
     config["rule_files"] = [str(rules)]
@@ -134,11 +136,26 @@ def prometheus_config(target: str, rules: Path, interval: str = "1s") -> dict[st
     return config
 
 
+def credentials_file(config: dict[str, Any]) -> str:
+    """The file the job's scrape reads its bearer token from (relative: to the configuration's directory)."""
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == JOB]
+    return str(job["authorization"]["credentials_file"])
+
+
+def write_token(config: dict[str, Any], directory: Path, token: str = METRICS_TOKEN) -> Path:
+    """Put ``token`` where ``config`` (written into ``directory``) reads it from, readable by its owner alone."""
+    path = directory / credentials_file(config)
+    path.touch(mode=0o600)
+    path.write_text(token)
+    return path
+
+
 @contextlib.contextmanager
-def run_prometheus(binary: str, config: dict[str, Any], directory: Path) -> Iterator[Prometheus]:
+def run_prometheus(binary: str, config: dict[str, Any], directory: Path, token: str = METRICS_TOKEN) -> Iterator[Prometheus]:
     directory.mkdir(parents=True, exist_ok=True)
     config_file = directory / "prometheus.yml"
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    write_token(config, directory, token)
     port = free_port()
     with open(directory / "prometheus.log", "wb") as log:
         proc = subprocess.Popen(

@@ -29,8 +29,10 @@ from tests.helpers import READ_TOKEN, sign
 from tests.markdown import anchors
 from tests.ops import promql
 from tests.ops.stack import (
+    CONFIG,
     DASHBOARD,
     JOB,
+    METRICS_TOKEN,
     PROMETHEUS_DIR,
     ROOT,
     RULES,
@@ -39,10 +41,12 @@ from tests.ops.stack import (
     PrometheusError,
     Service,
     binaries,
+    credentials_file,
     eventually,
     prometheus_config,
     run_prometheus,
     serve_workers,
+    write_token,
 )
 
 BINARIES = binaries()
@@ -154,15 +158,34 @@ def test_promtool_unit_tests_of_the_rules_pass() -> None:
 
 
 def test_promtool_check_config(tmp_path: Path) -> None:
-    # As shipped, from its own directory (rules.yml is resolved next to it) ...
-    result = promtool("check", "config", "prometheus.yml")
+    # As shipped, in a copy of its directory (rules.yml and the token file are resolved next to it) ...
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    for name in (CONFIG.name, RULES.name):
+        (shipped / name).write_bytes((PROMETHEUS_DIR / name).read_bytes())
+    write_token(yaml.safe_load(CONFIG.read_text()), shipped)
+    result = promtool("check", "config", CONFIG.name, cwd=shipped)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 1 rule files found" in result.stdout
     # ... and the tests' copy (1 s scrapes, a 127.0.0.1 target, the rules by absolute path).
-    config = tmp_path / "prometheus.yml"
-    config.write_text(yaml.safe_dump(prometheus_config("127.0.0.1:8080", RULES)))
-    result = promtool("check", "config", str(config), cwd=tmp_path)
+    config = prometheus_config("127.0.0.1:8080", RULES)
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    write_token(config, tmp_path)
+    result = promtool("check", "config", "prometheus.yml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_scrape_sends_metrics_token_from_a_file_never_from_the_config_or_a_url(tmp_path: Path) -> None:
+    config = yaml.safe_load(CONFIG.read_text())
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == JOB]
+    assert job["authorization"] == {"type": "Bearer", "credentials_file": "metrics_token"}
+    assert "credentials" not in job["authorization"] and "bearer_token" not in job and "params" not in job
+    assert "?" not in job["metrics_path"] and "basic_auth" not in job
+    # promtool checks that the file exists: the shipped configuration does name it.
+    (tmp_path / CONFIG.name).write_bytes(CONFIG.read_bytes())
+    (tmp_path / RULES.name).write_bytes(RULES.read_bytes())
+    result = promtool("check", "config", CONFIG.name, cwd=tmp_path)
+    assert result.returncode != 0 and credentials_file(config) in result.stdout + result.stderr
 
 
 def test_every_alert_has_severity_for_annotations_and_a_runbook_anchor() -> None:
@@ -365,10 +388,20 @@ def provoke_a_database_timeout(service: Service, database_url: str) -> None:
         finally:
             conn.rollback()
     assert status == 503, f"the held key was answered {status}, not 503"
-    metrics = http("GET", f"{service.url}/metrics")[1].decode()
-    timeouts = [s.value for f in text_string_to_metric_families(metrics) for s in f.samples
-                if s.name == "codex_ingest_db_errors_total" and s.labels == {"class": "timeout"}]
-    assert timeouts and timeouts[0] >= 1, service.log()
+
+    def counted() -> bool:  # /metrics is rendered at most once a second (METRICS_CACHE_SECONDS)
+        timeouts = [s.value for f in text_string_to_metric_families(scrape(service)) for s in f.samples
+                    if s.name == "codex_ingest_db_errors_total" and s.labels == {"class": "timeout"}]
+        assert timeouts and timeouts[0] >= 1, service.log()
+        return True
+
+    eventually(counted, timeout=20)
+
+
+def scrape(service: Service) -> str:
+    status, body = http("GET", f"{service.url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    assert status == 200, body
+    return body.decode()
 
 
 @pytest.fixture(scope="module")
@@ -379,6 +412,7 @@ def stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         database_url, directory, WORKERS,
         CODEX_API_TOKENS=f"{READ_TOKEN}=*",  # the read side's gauges
         RETENTION="3650d",                   # retention's gauge and counter; deletes nothing of the session's
+        METRICS_TOKEN=METRICS_TOKEN,         # Prometheus must send it, from its credentials file
         DB_COMMAND_TIMEOUT="2", DB_WRITE_TIMEOUT="6", SHUTDOWN_GRACE_SECONDS="2", LOG_LEVEL="WARNING",
     ) as service:
         provoke_a_database_timeout(service, database_url)
@@ -391,7 +425,7 @@ def stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         assert status == 200, body
         # The read-side gauges are refreshed every 5 s (web/background.py).
         def scraped() -> set[str]:
-            names = exported_names(http("GET", f"{service.url}/metrics")[1].decode())
+            names = exported_names(scrape(service))
             assert "codex_ingest_read_horizon_lag_seconds" in names, sorted(names)
             return names
 
@@ -412,6 +446,17 @@ def test_prometheus_scrapes_every_worker_as_one_target(stack: Stack) -> None:
     assert pids[0]["value"][1] == str(WORKERS)
     # Counters are summed across the workers: one series per label set, no pid label.
     assert all("pid" not in s["metric"] for s in stack.prometheus.query(f'codex_ingest_events_total{{job="{JOB}"}}'))
+
+
+def test_prometheus_scrapes_with_the_token_and_metrics_is_closed_without_it(stack: Stack) -> None:
+    (target,) = [t for t in stack.prometheus.api("targets")["activeTargets"] if t["labels"]["job"] == JOB]
+    assert target["health"] == "up" and target["lastError"] == "", target
+    assert METRICS_TOKEN not in target["scrapeUrl"]
+    assert METRICS_TOKEN not in stack.prometheus.api("status/config")["yaml"]
+    status, body = http("GET", f"{stack.service.url}/metrics")
+    assert status == 401 and json.loads(body)["error"] == "unauthorized"
+    status, _ = http("GET", f"{stack.service.url}/metrics", headers={"Authorization": "Bearer not-the-metrics-token"})
+    assert status == 401
 
 
 def test_prometheus_counts_exactly_the_ingests_sent(stack: Stack) -> None:

@@ -8,6 +8,7 @@ import hashlib
 import orjson
 import pytest
 
+from tests.db_faults import sqlstate_fault
 from tests.helpers import headers, stored
 
 URL = "/pos/pos-terminal/ingest/batch"
@@ -113,17 +114,10 @@ async def test_provider_sources_take_no_batches(provider_client, db) -> None:
 async def test_a_database_failure_is_503_and_the_retry_settles_every_item(client, db) -> None:
     body = orjson.dumps([{"event_id": f"e-{n}"} for n in range(10)])
     await post(client, orjson.dumps([{"event_id": "e-3"}]))  # one of them is stored already
-    await db.execute("""
-        CREATE FUNCTION codex_test_fault() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '53100'; END $$;
-        CREATE TRIGGER codex_test_fault BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION codex_test_fault();
-    """)
-    try:
+    async with sqlstate_fault(db, "53100"):  # disk full
         failed = await post(client, body)
         assert failed.status == 503 and failed.headers["Retry-After"] == "5"
         assert len(await stored(db)) == 1
-    finally:
-        await db.execute("DROP TRIGGER codex_test_fault ON events; DROP FUNCTION codex_test_fault()")
     retried = await (await post(client, body)).json()
     assert retried["counts"] == {"accepted": 9, "duplicate": 1, "conflict": 0, "invalid": 0}
     assert len(await stored(db)) == 10

@@ -127,15 +127,17 @@ def test_declared_sources_take_their_label_slots_first() -> None:
 
 
 def test_source_labels_are_bounded() -> None:
+    # Even sources whose requests verified: past MAX_SOURCE_LABELS, "_other".
     metrics = ServiceMetrics(CollectorRegistry())
     for i in range(MAX_SOURCE_LABELS + 50):
-        metrics.record(f"src{i}", "rejected_signature", 0.001)
+        metrics.record(f"src{i}", "accepted", 0.001)
     metrics.record("src0", "rejected_signature", 0.001)
     found = samples(metrics.exposition().decode())
     sources = {dict(lbl)["source"] for (n, lbl) in found if n == "codex_ingest_events_total"}
     assert len(sources) == MAX_SOURCE_LABELS + 1
-    assert found[("codex_ingest_events_total", (("outcome", "rejected_signature"), ("source", OTHER_SOURCE)))] == 50
-    assert found[("codex_ingest_events_total", (("outcome", "rejected_signature"), ("source", "src0")))] == 2
+    assert found[("codex_ingest_events_total", (("outcome", "accepted"), ("source", OTHER_SOURCE)))] == 50
+    # A source with a label keeps it for every outcome.
+    assert found[("codex_ingest_events_total", (("outcome", "rejected_signature"), ("source", "src0")))] == 1
 
 
 async def test_http_metrics_count_every_request_through_the_cache(client: TestClient, db) -> None:

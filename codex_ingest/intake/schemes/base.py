@@ -33,6 +33,22 @@ class Delivery:
 
 
 @dataclass(frozen=True, slots=True)
+class Target:
+    """Where a request was sent, as the service's own schemes sign it: the
+    tenant it names (X-Tenant-Id / ?tenant=), its source, and whether it is
+    a batch. Provider schemes sign none of these."""
+
+    tenant: str
+    source: str
+    batch: bool = False
+
+    @property
+    def route(self) -> str:
+        """The route's path, as documented (not as a proxy may have rewritten it)."""
+        return f"/pos/{self.source}/ingest" + ("/batch" if self.batch else "")
+
+
+@dataclass(frozen=True, slots=True)
 class Handshake:
     """A provider's set-up request (Clover's verification code): answered 200, logged, not stored."""
 

@@ -101,7 +101,10 @@ def _changes(document: dict[str, object]) -> list[Delivery]:
             if not isinstance(object_id, str) or not isinstance(kind, str) or type(ts) is not int:
                 raise InvalidJSON('each change needs "objectId" (string), "type" (string) and "ts" (integer)')
             key = event_key(f"{merchant}|{object_id}|{kind}|{ts}", "merchant|objectId|type|ts")
-            body = orjson.dumps({**envelope, "merchants": {merchant: [change]}})
+            try:
+                body = orjson.dumps({**envelope, "merchants": {merchant: [change]}})
+            except TypeError:  # orjson writes at most 254 levels; it reads 1024
+                raise InvalidJSON("a change is nested too deeply to be stored (at most 251 levels)") from None
             out.append(Delivery(key=key, tenant=tenant, body=body))
     if not out:
         raise InvalidJSON("the notification carries no changes")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from codex_ingest.errors import UnknownSource
 from codex_ingest.intake.checks import check_source
 from codex_ingest.intake.schemes.base import Clock, Scheme
+from codex_ingest.intake.schemes.bound import BoundHmacScheme
 from codex_ingest.intake.schemes.clover import CloverScheme
 from codex_ingest.intake.schemes.generic import GenericHmacScheme
 from codex_ingest.intake.schemes.shopify import ShopifyScheme
@@ -46,8 +47,10 @@ class SourceSchemes:
 def build_scheme(spec: SourceSpec, clock: Clock = time.time) -> Scheme:
     secrets = spec.secrets
     match spec.scheme:
-        case "hmac-sha256":
-            return GenericHmacScheme(secrets)
+        case "hmac-sha256-bound":
+            return BoundHmacScheme(secrets, spec.tenants, spec.tolerance_seconds, clock)
+        case "hmac-sha256-body" | "hmac-sha256":
+            return GenericHmacScheme(secrets, spec.tenants)
         case "square":
             assert spec.notification_url is not None  # checked by sources.parse_sources
             return SquareScheme(secrets, spec.notification_url)
