@@ -35,12 +35,9 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import os
-import signal
 import socket
 import statistics
-import subprocess
-import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -51,9 +48,9 @@ from typing import Any
 import aiohttp
 
 from bench.database import connection, embedded_database
-from bench.local import free_port, status_kb
+from bench.local import status_kb
 from bench.output import log, print_json, write_json
-from bench.service import listeners, worker_pids
+from bench.service import serving_tree, tree_env, tree_package, worker_pids
 
 SECRET = "bench-attack-secret"
 READ_TOKEN = "bench-attack-read-token-0123456789"
@@ -69,47 +66,14 @@ PAGE_SOCKETS = 2
 # -- the service -------------------------------------------------------------------
 
 
-def check_tree(tree: Path) -> None:
-    """The tree's own codex_ingest is what ``serve`` will import there."""
-    out = subprocess.run([sys.executable, "-c", "import codex_ingest; print(codex_ingest.__file__)"],
-                         cwd=tree, env=tree_env(tree, {}), capture_output=True, text=True, check=True).stdout
-    if not Path(out.strip()).resolve().is_relative_to(tree.resolve()):
-        raise SystemExit(f"codex_ingest from {tree} resolves to {out.strip()}")
-
-
-def tree_env(tree: Path, extra: dict[str, str]) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(tree.resolve()), **extra}
-
-
 @contextlib.contextmanager
 def serving(tree: Path, database_url: str, workers: int, env: dict[str, str]) -> Iterator[tuple[int, list[int]]]:
     """``serve`` from ``tree`` on a free port until the block ends: (port, worker pids)."""
-    port = free_port()
-    log_file = open(Path("/tmp") / f"attack-memory-{port}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "codex_ingest", "serve", "--no-migrate"],
-        cwd=tree,
-        env=tree_env(tree, {"DATABASE_URL": database_url, "WEBHOOK_SECRET": SECRET, "PORT": str(port),
-                            "WORKERS": str(workers), "LOG_LEVEL": "WARNING",
-                            "CODEX_API_TOKENS": f"{READ_TOKEN}=*", **env}),
-        stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while listeners(port) < workers:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"serve from {tree} did not start; see {log_file.name}")
-            time.sleep(0.1)
-        yield port, worker_pids(proc, workers)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        log_file.close()
-        os.unlink(log_file.name)
+    with tempfile.NamedTemporaryFile(prefix="attack-memory-", suffix=".log") as log_file:
+        service_env = tree_env(tree, {"DATABASE_URL": database_url, "WEBHOOK_SECRET": SECRET, "LOG_LEVEL": "WARNING",
+                                      "CODEX_API_TOKENS": f"{READ_TOKEN}=*", **env})
+        with serving_tree(tree, service_env, workers, output=log_file) as (proc, port):
+            yield port, worker_pids(proc, workers)
 
 
 class RssSampler:
@@ -394,7 +358,7 @@ async def point(name: str, tree: Path, attack: str, args: argparse.Namespace, da
 async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     trees = [(name, Path(path)) for name, _, path in (t.partition("=") for t in args.tree)]
     for _, tree in trees:
-        check_tree(tree)
+        tree_package(tree)
     results = []
     with embedded_database("attack-memory-") as (_, url, _):
         if "pages" in args.attacks:

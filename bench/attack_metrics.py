@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import os
 import random
-import signal
 import statistics
 import string
 import subprocess
@@ -49,11 +48,11 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.database import embedded_database
-from bench.local import cpu_seconds, free_port
+from bench.local import cpu_seconds
 from bench.output import log, print_json, write_json
 from bench.plan import signed_headers
 from bench.python_load import percentile
-from bench.service import listeners, worker_pids
+from bench.service import serving_tree, tree_env, tree_package, worker_pids
 
 SECRET = "bench-attack-metrics-secret"
 METRICS_TOKEN = "bench-metrics-token-0123456789"
@@ -64,47 +63,21 @@ LONG_NAME_LETTERS = 8000
 # -- the services ------------------------------------------------------------------
 
 
-def tree_env(tree: Path, extra: dict[str, str]) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(tree.resolve()), **extra}
-
-
-def probe(tree: Path, code: str) -> str:
-    return subprocess.run([sys.executable, "-c", code], cwd=tree, env=tree_env(tree, {}),
-                          capture_output=True, text=True, check=True).stdout.strip()
-
-
 def knows_metrics_token(tree: Path) -> bool:
     """The tree's own codex_ingest is what ``serve`` imports there (else exit), and whether it has METRICS_TOKEN."""
-    found = probe(tree, "import codex_ingest; print(codex_ingest.__file__)")
-    if not Path(found).resolve().is_relative_to(tree.resolve()):
-        raise SystemExit(f"codex_ingest from {tree} resolves to {found}")
-    return probe(tree, "from codex_ingest.settings import Settings; print('metrics_token' in Settings.__dataclass_fields__)") == "True"
+    tree_package(tree)
+    code = "from codex_ingest.settings import Settings; print('metrics_token' in Settings.__dataclass_fields__)"
+    return subprocess.run([sys.executable, "-c", code], cwd=tree, env=tree_env(tree, {}),
+                          capture_output=True, text=True, check=True).stdout.strip() == "True"
 
 
 @contextlib.contextmanager
 def serving(tree: Path, database_url: str, workers: int, env: dict[str, str]) -> Iterator[tuple[str, list[int]]]:
     """``serve`` from ``tree`` on a free port until the block ends: (base URL, worker pids)."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "codex_ingest", "serve", "--no-migrate"], cwd=tree,
-        env=tree_env(tree, {"DATABASE_URL": database_url, "WEBHOOK_SECRET": SECRET, "HOST": "127.0.0.1",
-                            "PORT": str(port), "WORKERS": str(workers), "LOG_LEVEL": "WARNING", **env}),
-        stdout=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while listeners(port) < workers:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"serve from {tree} did not start")
-            time.sleep(0.1)
+    service_env = tree_env(tree, {"DATABASE_URL": database_url, "WEBHOOK_SECRET": SECRET, "HOST": "127.0.0.1",
+                                  "LOG_LEVEL": "WARNING", **env})
+    with serving_tree(tree, service_env, workers) as (proc, port):
         yield f"http://127.0.0.1:{port}", worker_pids(proc, workers)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
 
 
 # -- the flood: a child process of its own, so its reading does not delay the load ----------

@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -50,12 +49,12 @@ import orjson
 
 from bench.database import checkpoint, connection, embedded_database
 from bench.faults import SignedLoad
-from bench.local import free_port, status_kb
+from bench.local import status_kb
 from bench.output import log, print_json, write_json
 from bench.python_load import percentile
 from bench.read_side.api import HEADERS, TOKEN
 from bench.read_side.quiet import tests_running
-from bench.service import SECRET, listeners
+from bench.service import SECRET, serving_tree, tree_env, tree_package
 
 MAIN = Path(__file__).resolve().parents[1]
 SEED_SQL = """
@@ -75,46 +74,24 @@ class Tree:
 
     def env(self, **extra: str) -> dict[str, str]:
         keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")}
-        return {**keep, "PYTHONPATH": str(self.root), **extra, **dict(self.settings)}
+        return tree_env(self.root, {**extra, **dict(self.settings)}, base=keep)
 
     def package(self) -> str:
-        """Where ``import codex_ingest`` resolves with this tree's cwd and PYTHONPATH."""
-        out = subprocess.run([sys.executable, "-c", "import codex_ingest; print(codex_ingest.__file__)"],
-                             cwd=self.root, env=self.env(), capture_output=True, text=True, check=True)
-        return out.stdout.strip()
+        """Where ``import codex_ingest`` resolves with this tree's cwd and PYTHONPATH (inside it, or exit)."""
+        return tree_package(self.root, self.env())
 
 
 @contextlib.contextmanager
 def serving(tree: Tree, url: str, workdir: Path, workers: int) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    port = free_port()
-    log_file = (workdir / f"serve-{tree.name}-{port}.log").open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "codex_ingest", "serve", "--no-migrate"], cwd=tree.root,
-        env=tree.env(DATABASE_URL=url, WEBHOOK_SECRET=SECRET, PORT=str(port), WORKERS=str(workers),
-                     CODEX_API_TOKENS=f"{TOKEN}=*", LOG_LEVEL="WARNING", BATCHING="on", TMPDIR=str(workdir)),
-        stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while not _ready(base_url, port, workers):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{tree.name}: serve did not start; see {log_file.name}")
-            time.sleep(0.1)
-        yield proc, base_url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        log_file.close()
+    with (workdir / f"serve-{tree.name}-{time.monotonic_ns()}.log").open("ab") as log_file:
+        env = tree.env(DATABASE_URL=url, WEBHOOK_SECRET=SECRET, CODEX_API_TOKENS=f"{TOKEN}=*", LOG_LEVEL="WARNING",
+                       BATCHING="on", TMPDIR=str(workdir))
+        with serving_tree(tree.root, env, workers, output=log_file,
+                          ready=lambda port: _ready(f"http://127.0.0.1:{port}"), stop_seconds=60) as (proc, port):
+            yield proc, f"http://127.0.0.1:{port}"
 
 
-def _ready(base_url: str, port: int, workers: int) -> bool:
-    if listeners(port) < workers:
-        return False
+def _ready(base_url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{base_url}/readyz", timeout=1) as resp:
             return resp.status == 200

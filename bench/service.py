@@ -12,17 +12,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from bench.local import children, stat_fields, status_kb
+from bench.local import children, free_port, stat_fields, status_kb
 
 SECRET = "bench-secret"  # WEBHOOK_SECRET of start_service's service: plans for it are signed with it
 
@@ -219,3 +221,54 @@ def listeners(port: int) -> int:
             if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
                 count += 1
     return count
+
+
+# -- a checkout's own service, for benches that compare two trees -------------------
+
+
+def tree_env(tree: Path, extra: Mapping[str, str], base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment that makes Python import ``tree``'s own codex_ingest (with cwd ``tree``)."""
+    return {**(os.environ if base is None else base), "PYTHONPATH": str(tree.resolve()), **extra}
+
+
+def tree_package(tree: Path, env: Mapping[str, str] | None = None) -> str:
+    """Where ``import codex_ingest`` resolves in ``tree``; exits when it is not inside it, since
+    a comparison of two trees that both run the same code measures nothing."""
+    found = subprocess.run([sys.executable, "-c", "import codex_ingest; print(codex_ingest.__file__)"],
+                           cwd=tree, env=dict(env) if env is not None else tree_env(tree, {}),
+                           capture_output=True, text=True, check=True).stdout.strip()
+    if not Path(found).resolve().is_relative_to(tree.resolve()):
+        raise SystemExit(f"codex_ingest from {tree} resolves to {found}")
+    return found
+
+
+@contextlib.contextmanager
+def serving_tree(tree: Path, env: Mapping[str, str], workers: int, output: IO[bytes] | int = subprocess.DEVNULL,
+                 ready: Callable[[int], bool] | None = None,
+                 stop_seconds: float = 30) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """``codex-ingest serve --no-migrate`` from ``tree`` (``env`` from tree_env) on a free port,
+    in a process group of its own, until the block ends: (process, port). Ready once ``workers``
+    sockets listen and ``ready(port)`` says so; SIGTERM at the end, SIGKILL to the group after
+    ``stop_seconds``."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "codex_ingest", "serve", "--no-migrate"], cwd=tree,
+        env={**env, "PORT": str(port), "WORKERS": str(workers)},
+        stdout=output, stderr=None if output == subprocess.DEVNULL else subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while listeners(port) < workers or (ready is not None and not ready(port)):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                name = getattr(output, "name", None)
+                raise RuntimeError(f"serve from {tree} did not start" + (f"; see {name}" if name else ""))
+            time.sleep(0.1)
+        yield proc, port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(stop_seconds)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
