@@ -25,7 +25,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from codex_ingest.telemetry.metrics import OUTCOMES
-from tests.helpers import READ_TOKEN, sign
+from tests.helpers import READ_TOKEN, SECRET, sign
 from tests.markdown import anchors
 from tests.ops import promql
 from tests.ops.stack import (
@@ -55,6 +55,7 @@ pytestmark = pytest.mark.needs_program("prometheus", "promtool")
 RUNBOOK = "docs/operations.md#"
 SEVERITIES = {"critical", "warning"}
 WORKERS = 2
+COUNTED_SOURCE = f"ops-{uuid.uuid4().hex[:10]}"
 
 
 def promtool(*args: str, cwd: Path = PROMETHEUS_DIR) -> subprocess.CompletedProcess[str]:
@@ -408,10 +409,13 @@ def scrape(service: Service) -> str:
 def stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     assert BINARIES is not None
     directory = tmp_path_factory.mktemp("prometheus")
+    sources_file = directory / "sources.toml"
+    sources_file.write_text(f'[sources.{COUNTED_SOURCE}]\nscheme = "hmac-sha256-body"\nsecrets = ["{SECRET}"]\n')
     with serve_workers(
         database_url, directory, WORKERS,
         CODEX_API_TOKENS=f"{READ_TOKEN}=*",  # the read side's gauges
         RETENTION="3650d",                   # retention's gauge and counter; deletes nothing of the session's
+        CODEX_SOURCES=str(sources_file),
         METRICS_TOKEN=METRICS_TOKEN,         # Prometheus must send it, from its credentials file
         DB_COMMAND_TIMEOUT="2", DB_WRITE_TIMEOUT="6", SHUTDOWN_GRACE_SECONDS="2", LOG_LEVEL="WARNING",
     ) as service:
@@ -460,7 +464,10 @@ def test_prometheus_scrapes_with_the_token_and_metrics_is_closed_without_it(stac
 
 
 def test_prometheus_counts_exactly_the_ingests_sent(stack: Stack) -> None:
-    source = f"ops-{uuid.uuid4().hex[:10]}"
+    # A declared source: every worker labels it from start-up. An undeclared one takes a label in a
+    # worker only once that worker has verified a request for it (telemetry/metrics.py), so a forged
+    # request the kernel hands to the other worker is rightly counted as "_other".
+    source = COUNTED_SOURCE
     bodies = [json.dumps({"type": "order.paid", "id": f"evt_{n}"}).encode() for n in range(3)]
     sent = [ingest(stack.service, source, body) for body in bodies]
     sent.append(ingest(stack.service, source, bodies[0]))
