@@ -20,6 +20,8 @@ class IncomingEvent:
     body: bytes
     body_sha256: bytes
     content_type: str | None
+    # The request headers kept (intake/headers.py), a JSON object's text; None: none recorded.
+    headers: str | None = None
 
 
 class Outcome(enum.Enum):

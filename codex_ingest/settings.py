@@ -67,6 +67,7 @@ class Settings:
     keepalive_timeout: float = 75.0
     write_timeout: float = 30.0
     body_buffer_bytes: int = 64 * 1024 * 1024
+    headers_max_bytes: int = 4096
     rate_limit_per_sec: float = 0.0
     rate_limit_burst: int = 10
     shutdown_grace_seconds: float = 10.0
@@ -391,6 +392,14 @@ SERVE_OPTIONS: tuple[Option, ...] = (
                "closed. A quarter is kept for bodies of 64 KiB or less, so that large uploads cannot shut out "
                "ordinary events. At least 4/3 of the larger of `MAX_BODY_BYTES` and `MAX_BATCH_BYTES` "
                "([security.md](security.md#body-budget))."),
+    Option("headers_max_bytes", "HEADERS_MAX_BYTES", _positive_int,
+           "most bytes of request headers stored with one event; the ones past it are left out and counted",
+           "BYTES", group="Request limits",
+           doc="Most bytes (names and values, UTF-8) of the request headers stored with each event: a "
+               "source's scheme's own first, then `Content-Type`, `User-Agent` and its table's `headers`. "
+               "A request with more is not refused for it: the headers that do not fit are left out and "
+               "counted in `codex_ingest_headers_dropped_total{reason=\"size\"}` "
+               "([providers.md](providers.md#stored-headers))."),
     Option("rate_limit_per_sec", "RATE_LIMIT_PER_SEC", _non_negative_float,
            "ingest requests per second per (tenant, source) in each process; 0: no limit", "RATE",
            group="Request limits",

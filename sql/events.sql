@@ -6,9 +6,10 @@
 -- idempotency_key) already exists. One row (id, received_at) for a new event,
 -- no row for an existing key. Runs in its own implicit transaction, so the row
 -- is committed when the statement returns.
--- params: $1 tenant_id, $2 source, $3 idempotency_key, $4 body_sha256, $5 body, $6 content_type
-INSERT INTO events (tenant_id, source, idempotency_key, body_sha256, body, content_type)
-VALUES ($1, $2, $3, $4, $5, $6)
+-- params: $1 tenant_id, $2 source, $3 idempotency_key, $4 body_sha256, $5 body, $6 content_type,
+--         $7 headers (a JSON object's text, or NULL)
+INSERT INTO events (tenant_id, source, idempotency_key, body_sha256, body, content_type, headers)
+VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb)
 ON CONFLICT (tenant_id, source, idempotency_key) DO NOTHING
 RETURNING id, received_at;
 
@@ -28,9 +29,11 @@ WHERE tenant_id = $1 AND source = $2 AND idempotency_key = $3;
 -- same order and cannot deadlock. Returns (id, tenant_id, source,
 -- idempotency_key, received_at) for each new event; keys that already
 -- existed return nothing.
--- params: $1 tenant_id[], $2 source[], $3 idempotency_key[], $4 body_sha256[], $5 body[], $6 content_type[]
-INSERT INTO events (tenant_id, source, idempotency_key, body_sha256, body, content_type)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bytea[], $6::text[])
+-- params: $1 tenant_id[], $2 source[], $3 idempotency_key[], $4 body_sha256[], $5 body[], $6 content_type[],
+--         $7 headers[] (JSON objects' text, or NULLs)
+INSERT INTO events (tenant_id, source, idempotency_key, body_sha256, body, content_type, headers)
+SELECT t, s, k, h, b, c, hd::jsonb
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bytea[], $6::text[], $7::text[]) AS u (t, s, k, h, b, c, hd)
 ON CONFLICT (tenant_id, source, idempotency_key) DO NOTHING
 RETURNING id, tenant_id, source, idempotency_key, received_at;
 

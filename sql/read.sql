@@ -9,7 +9,7 @@
 -- name: read_events
 -- A page of one tenant's deliverable events after a cursor, in delivery
 -- order: (xact_text, id, tenant_id, source, idempotency_key, received_at,
--- content_type, body). The horizon is taken once per statement (an
+-- content_type, headers (JSON text, or NULL), body). The horizon is taken once per statement (an
 -- initplan). The text copy of xact must not be named xact: ORDER BY would
 -- then sort by the text ('1000' < '903') and the cursor would skip.
 -- The byte cap: a row carries its body only while the bodies up to and
@@ -21,6 +21,7 @@
 -- params: $1 tenant_id, $2 source (NULL: every source), $3 after xact (text), $4 after id, $5 limit,
 --         $6 most bytes of bodies (NULL: no cap)
 SELECT xact::text AS xact_text, id, tenant_id, source, idempotency_key, received_at, content_type,
+       headers::text AS headers,
        CASE WHEN $6::bigint IS NULL OR row_number() OVER page = 1 OR sum(octet_length(body)) OVER page <= $6::bigint
             THEN body END AS body
 FROM events
@@ -32,22 +33,97 @@ WINDOW page AS (ORDER BY xact, id ROWS UNBOUNDED PRECEDING)
 ORDER BY xact, id
 LIMIT $5;
 
+-- name: read_feed
+-- A page of every tenant's deliverable events after a cursor: the combined
+-- feed, in the same delivery order and with the same horizon and byte cap
+-- as read_events, served by the events_feed index (xact, id). Columns as
+-- read_events.
+-- params: $1 source (NULL: every source), $2 after xact (text), $3 after id, $4 limit,
+--         $5 most bytes of bodies (NULL: no cap)
+SELECT xact::text AS xact_text, id, tenant_id, source, idempotency_key, received_at, content_type,
+       headers::text AS headers,
+       CASE WHEN $5::bigint IS NULL OR row_number() OVER page = 1 OR sum(octet_length(body)) OVER page <= $5::bigint
+            THEN body END AS body
+FROM events
+WHERE ($1::text IS NULL OR source = $1::text)
+  AND (xact, id) > ($2::text::xid8, $3::bigint)
+  AND xact < (SELECT pg_snapshot_xmin(pg_current_snapshot()))
+WINDOW page AS (ORDER BY xact, id ROWS UNBOUNDED PRECEDING)
+ORDER BY xact, id
+LIMIT $4;
+
+-- name: read_feed_of
+-- The combined feed of some tenants (a token scoped to them): each
+-- tenant's next events through events_delivery, at most $5 of each, merged
+-- into one delivery order; then the byte cap as in read_events. Columns as
+-- read_events. The horizon is one value for the whole statement.
+-- params: $1 tenant_id[], $2 source (NULL: every source), $3 after xact (text), $4 after id, $5 limit,
+--         $6 most bytes of bodies (NULL: no cap)
+WITH horizon AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),
+next AS (
+    SELECT e.*
+    FROM unnest($1::text[]) AS t (tenant_id)
+    CROSS JOIN LATERAL (
+        SELECT xact, id, tenant_id, source, idempotency_key, received_at, content_type, headers, body
+        FROM events
+        WHERE tenant_id = t.tenant_id
+          AND ($2::text IS NULL OR source = $2::text)
+          AND (xact, id) > ($3::text::xid8, $4::bigint)
+          AND xact < (SELECT xmin FROM horizon)
+        ORDER BY xact, id
+        LIMIT $5
+    ) AS e
+    ORDER BY xact, id
+    LIMIT $5
+)
+SELECT xact::text AS xact_text, id, tenant_id, source, idempotency_key, received_at, content_type,
+       headers::text AS headers,
+       CASE WHEN $6::bigint IS NULL OR row_number() OVER page = 1 OR sum(octet_length(body)) OVER page <= $6::bigint
+            THEN body END AS body
+FROM next
+WINDOW page AS (ORDER BY xact, id ROWS UNBOUNDED PRECEDING)
+ORDER BY xact, id;
+
 -- name: purge_horizon
 -- The last (xact, id) retention deleted for a tenant: (xact text, id), or no row.
 -- params: $1 tenant_id
 SELECT xact::text AS xact, id FROM purge_horizons WHERE tenant_id = $1;
 
+-- name: feed_purge_horizon
+-- The latest (xact, id) retention deleted among some tenants (NULL: every
+-- tenant): (xact text, id), or no row. A feed cursor before it may have
+-- missed a deleted event of one of them.
+-- params: $1 tenant_id[] (NULL: every tenant)
+SELECT xact::text AS xact, id FROM purge_horizons
+WHERE $1::text[] IS NULL OR tenant_id = ANY($1::text[])
+ORDER BY xact DESC, id DESC
+LIMIT 1;
+
 -- name: export_events
 -- One tenant's events received in [since, until), in delivery order, for a
 -- server-side cursor: (xact_text, id, tenant_id, source, idempotency_key,
--- received_at, content_type, body).
+-- received_at, content_type, headers (JSON text, or NULL), body).
 -- params: $1 tenant_id, $2 source (NULL: every source), $3 since (NULL: the start), $4 until (NULL: now)
-SELECT xact::text AS xact_text, id, tenant_id, source, idempotency_key, received_at, content_type, body
+SELECT xact::text AS xact_text, id, tenant_id, source, idempotency_key, received_at, content_type,
+       headers::text AS headers, body
 FROM events
 WHERE tenant_id = $1
   AND ($2::text IS NULL OR source = $2::text)
   AND ($3::timestamptz IS NULL OR received_at >= $3::timestamptz)
   AND ($4::timestamptz IS NULL OR received_at < $4::timestamptz)
+ORDER BY xact, id;
+
+-- name: export_feed
+-- Every tenant's events received in [since, until), in delivery order, for a
+-- server-side cursor: (xact_text, id, tenant_id, source, idempotency_key,
+-- received_at, content_type, headers (JSON text, or NULL), body).
+-- params: $1 source (NULL: every source), $2 since (NULL: the start), $3 until (NULL: now)
+SELECT xact::text AS xact_text, id, tenant_id, source, idempotency_key, received_at, content_type,
+       headers::text AS headers, body
+FROM events
+WHERE ($1::text IS NULL OR source = $1::text)
+  AND ($2::timestamptz IS NULL OR received_at >= $2::timestamptz)
+  AND ($3::timestamptz IS NULL OR received_at < $3::timestamptz)
 ORDER BY xact, id;
 
 -- name: horizon_lag

@@ -83,6 +83,7 @@ async def hold_key(
             hashlib.sha256(body).digest(),  # $4 body_sha256
             body,                           # $5 body
             content_type,                   # $6 content_type
+            None,                           # $7 headers: none kept
         )
         yield HeldKey(row, holder, tx, observer)
     finally:

@@ -92,11 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(purge, MIGRATE_OPTIONS)
 
     export = commands.add_parser(
-        "export", help="write a tenant's events to stdout as NDJSON",
+        "export", help="write a tenant's events (or every tenant's) to stdout as NDJSON",
         description="One event per line, in the shape GET /events returns, in delivery order; streamed "
         "with a server-side cursor. Progress on stderr when it is a terminal.",
     )
-    export.add_argument("--tenant", required=True, help="the tenant whose events to export")
+    whose = export.add_mutually_exclusive_group(required=True)
+    whose.add_argument("--tenant", help="the tenant whose events to export")
+    whose.add_argument("--all-tenants", action="store_true",
+                       help="every tenant's events, in the combined feed's order (each line names its tenant_id)")
     export.add_argument("--source", default=None, help="only this source")
     export.add_argument("--since", default=None, metavar="TIME",
                         help="received at or after this ISO 8601 time (UTC when no offset is given)")
@@ -158,7 +161,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             return migrate(settings, args.action, rollback_all=getattr(args, "rollback_all", False))
         if args.command == "purge":
             return purge(settings, args.older_than)
-        return export(settings, tenant=args.tenant, source=args.source, since=args.since, until=args.until)
+        return export(settings, tenant=None if args.all_tenants else args.tenant, source=args.source,
+                      since=args.since, until=args.until)
     except EmbeddedDatabaseError as exc:
         log.error(str(exc))
         return EXIT_FAILURE

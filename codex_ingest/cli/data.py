@@ -76,9 +76,10 @@ def _time(flag: str, text: str | None) -> datetime | None:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def export(settings: Settings, *, tenant: str, source: str | None, since: str | None, until: str | None) -> int:
+def export(settings: Settings, *, tenant: str | None, source: str | None, since: str | None, until: str | None) -> int:
+    """``tenant`` None: every tenant's events (--all-tenants)."""
     try:
-        if TENANT_PATTERN.fullmatch(tenant) is None:
+        if tenant is not None and TENANT_PATTERN.fullmatch(tenant) is None:
             raise ValueError("--tenant must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
         if source is not None and SOURCE_PATTERN.fullmatch(source) is None:
             raise ValueError("--source must match ^[a-z0-9][a-z0-9_-]{0,63}$")

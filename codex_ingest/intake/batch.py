@@ -123,7 +123,7 @@ def _array_items(body: bytes) -> Iterator[memoryview]:
         raise InvalidJSON(f"the body is not a JSON array of events: bytes after its end, at byte {pos}")
 
 
-def read_items(body: bytes, media_type: str, *, tenant: str, source: str, content_type: str | None,
+def read_items(body: bytes, media_type: str, *, tenant: str, source: str, content_type: str | None, headers: str | None,
                max_items: int, max_item_bytes: int) -> list[IncomingEvent | InvalidItem]:
     """The batch's items, in order, each an event to store or why it is invalid.
 
@@ -132,16 +132,16 @@ def read_items(body: bytes, media_type: str, *, tenant: str, source: str, conten
     (an array item that is not JSON makes the whole array invalid)."""
     if media_type == NDJSON:
         lines = _first(_ndjson_lines(body), max_items)
-        return [_line_event(line, tenant=tenant, source=source, content_type=content_type, max_bytes=max_item_bytes)
+        return [_line_event(line, tenant=tenant, source=source, content_type=content_type, headers=headers, max_bytes=max_item_bytes)
                 for line in lines]
     if len(body) <= max_item_bytes:
         # No bigger than one event may be: parsed whole, as one event's body is (the
         # faster road, for what most batches are), no item can be over the limit as sent.
         documents = _first(iter(_whole_array(body)), max_items)
-        return [_object_event(document, tenant=tenant, source=source, content_type=content_type, max_bytes=max_item_bytes)
+        return [_object_event(document, tenant=tenant, source=source, content_type=content_type, headers=headers, max_bytes=max_item_bytes)
                 for document in documents]
     items = _first(_array_items(body), max_items)
-    return [_array_event(item, tenant=tenant, source=source, content_type=content_type, max_bytes=max_item_bytes)
+    return [_array_event(item, tenant=tenant, source=source, content_type=content_type, headers=headers, max_bytes=max_item_bytes)
             for item in items]
 
 
@@ -166,7 +166,7 @@ def _first(found: Iterator[T], max_items: int) -> list[T]:
     return items
 
 
-def _line_event(line: bytes, *, tenant: str, source: str, content_type: str | None,
+def _line_event(line: bytes, *, tenant: str, source: str, content_type: str | None, headers: str | None,
                 max_bytes: int) -> IncomingEvent | InvalidItem:
     """An NDJSON line as an event to store (its exact bytes), or why it is invalid."""
     raw = line.rstrip(b"\r")
@@ -178,10 +178,10 @@ def _line_event(line: bytes, *, tenant: str, source: str, content_type: str | No
         return InvalidItem("invalid_json", f"the line is not valid UTF-8 JSON: {exc.msg}")
     if not isinstance(document, dict):
         return _NOT_AN_OBJECT
-    return _event(document, raw, tenant=tenant, source=source, content_type=content_type)
+    return _event(document, raw, tenant=tenant, source=source, content_type=content_type, headers=headers)
 
 
-def _array_event(item: memoryview, *, tenant: str, source: str, content_type: str | None,
+def _array_event(item: memoryview, *, tenant: str, source: str, content_type: str | None, headers: str | None,
                  max_bytes: int) -> IncomingEvent | InvalidItem:
     """An array item as an event to store (compact JSON), or why it is invalid; InvalidJSON
     for the whole request when it is not JSON, since the array then is not either."""
@@ -191,10 +191,10 @@ def _array_event(item: memoryview, *, tenant: str, source: str, content_type: st
         document = orjson.loads(item)
     except orjson.JSONDecodeError as exc:
         raise InvalidJSON(f"the body is not valid UTF-8 JSON: {exc.msg}") from None
-    return _object_event(document, tenant=tenant, source=source, content_type=content_type, max_bytes=max_bytes)
+    return _object_event(document, tenant=tenant, source=source, content_type=content_type, headers=headers, max_bytes=max_bytes)
 
 
-def _object_event(document: object, *, tenant: str, source: str, content_type: str | None,
+def _object_event(document: object, *, tenant: str, source: str, content_type: str | None, headers: str | None,
                   max_bytes: int) -> IncomingEvent | InvalidItem:
     """A parsed array item as an event to store, its bytes compact JSON."""
     try:
@@ -206,16 +206,16 @@ def _object_event(document: object, *, tenant: str, source: str, content_type: s
         return _NOT_AN_OBJECT
     if len(raw) > max_bytes:  # compact, yet longer: 1e9 is stored as 1000000000.0
         return _too_large(max_bytes)
-    return _event(document, raw, tenant=tenant, source=source, content_type=content_type)
+    return _event(document, raw, tenant=tenant, source=source, content_type=content_type, headers=headers)
 
 
 def _event(document: dict[str, object], raw: bytes, *, tenant: str, source: str,
-           content_type: str | None) -> IncomingEvent | InvalidItem:
+           content_type: str | None, headers: str | None) -> IncomingEvent | InvalidItem:
     digest = hashlib.sha256(raw).digest()
     key = _key(document, digest)
     if key is None:
         return _NO_KEY
-    return IncomingEvent(tenant, source, key, raw, digest, content_type)
+    return IncomingEvent(tenant, source, key, raw, digest, content_type, headers)
 
 
 _NOT_AN_OBJECT = InvalidItem("invalid_json", "each event must be a JSON object")

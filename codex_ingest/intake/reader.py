@@ -20,6 +20,7 @@ from codex_ingest.errors import InvalidTenant, UnknownSource
 from codex_ingest.events import IncomingEvent
 from codex_ingest.intake import batch
 from codex_ingest.intake.batch import InvalidItem
+from codex_ingest.intake.headers import DropCounter, HeaderKeeper, SecretGuard
 from codex_ingest.intake.checks import (
     Headers,
     check_content_encoding,
@@ -46,15 +47,27 @@ class Admitted:
     tenant: str | None  # named by the request (X-Tenant-Id / ?tenant=); None: the provider names it
     content_type: str | None
     limiter: RateLimiter | None
+    keeper: HeaderKeeper
+
+
+# With no limit given: room for every provider's headers, a long User-Agent and a few of the operator's.
+DEFAULT_HEADERS_MAX_BYTES = 4096
 
 
 class EventReader:
-    """Reads webhooks for every source through that source's scheme."""
+    """Reads webhooks for every source through that source's scheme, and
+    keeps the headers each source stores with its events (intake/headers.py)."""
 
-    __slots__ = ("_sources",)
+    __slots__ = ("_sources", "_keepers", "_fallback_keeper")
 
-    def __init__(self, sources: SourceSchemes) -> None:
+    def __init__(self, sources: SourceSchemes, *, secrets: Sequence[str] = (),
+                 headers_max_bytes: int = DEFAULT_HEADERS_MAX_BYTES, count_dropped: DropCounter | None = None) -> None:
+        """``secrets``: every secret and token the service holds; a header carrying one is never kept."""
         self._sources = sources
+        guard = SecretGuard(secrets)
+        self._keepers = {name: HeaderKeeper(names, guard, headers_max_bytes, count_dropped)
+                         for name, names in sources.kept_headers.items()}
+        self._fallback_keeper = HeaderKeeper(sources.fallback_kept_headers, guard, headers_max_bytes, count_dropped)
 
     def admit(
         self, source: str, headers: Headers, query: Mapping[str, str], limiter: RateLimiter | None = None,
@@ -77,7 +90,8 @@ class EventReader:
             limiter.check_available(tenant, source)
         content_type = check_content_type(headers, also=BATCH_MEDIA_TYPES if batch else frozenset())
         check_content_encoding(headers)
-        return Admitted(source, scheme, tenant, content_type, limiter)
+        keeper = self._keepers.get(source, self._fallback_keeper)
+        return Admitted(source, scheme, tenant, content_type, limiter, keeper)
 
     def read(self, admitted: Admitted, headers: Headers, body: bytes) -> list[IncomingEvent] | Handshake:
         """Verify ``body`` with the source's scheme; the events it carries, or a provider's handshake."""
@@ -89,7 +103,8 @@ class EventReader:
             read = scheme.read(headers, body)
         if isinstance(read, Handshake):
             return read
-        events = [_event(delivery, admitted) for delivery in read]
+        kept = admitted.keeper.keep(headers)  # verified: only now is anything of the request kept
+        events = [_event(delivery, admitted, kept) for delivery in read]
         if admitted.limiter is not None:
             # Verified: now the tenant's tokens may be spent (the provider may
             # name the tenant in the body: known only now), before the database.
@@ -102,14 +117,16 @@ class EventReader:
         """Verify a batch's signature over the whole body, then each item as an event or why it is invalid."""
         scheme, tenant = admitted.scheme, admitted.tenant
         assert isinstance(scheme, GenericScheme) and tenant is not None  # admit(batch=True)
+        early = admitted.keeper.keep(headers)
         scheme.verify(headers, body, Target(tenant, admitted.source, batch=True))
         if admitted.limiter is not None:
             admitted.limiter.check(tenant, admitted.source)
         return batch.read_items(body, media_type(admitted.content_type), tenant=tenant, source=admitted.source,
-                                content_type=ITEM_CONTENT_TYPE, max_items=max_items, max_item_bytes=max_item_bytes)
+                                content_type=ITEM_CONTENT_TYPE, headers=admitted.keeper.keep(headers),
+                                max_items=max_items, max_item_bytes=max_item_bytes)
 
 
-def _event(delivery: Delivery, admitted: Admitted) -> IncomingEvent:
+def _event(delivery: Delivery, admitted: Admitted, headers: str) -> IncomingEvent:
     tenant = admitted.tenant if admitted.tenant is not None else delivery.tenant
     if tenant is None:
         raise InvalidTenant("this provider names no tenant for this event: send X-Tenant-Id or ?tenant=")
@@ -121,4 +138,5 @@ def _event(delivery: Delivery, admitted: Admitted) -> IncomingEvent:
         body=delivery.body,
         body_sha256=digest,
         content_type=admitted.content_type,
+        headers=headers,
     )

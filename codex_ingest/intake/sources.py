@@ -11,6 +11,8 @@ to which ``/pos/{source}/ingest``, and how each signs.
     notification_url = "https://ingest.example.com/pos/square/ingest"
     tolerance_seconds = 300         # schemes that sign a timestamp
 
+    headers = ["Square-Environment"]   # any scheme: more request headers to store with each event
+
     [sources.orders]                # no scheme: hmac-sha256-bound, the service's own
     [sources.orders.tenants]        # generic sources: each tenant its own secrets
     shop-1 = ["env:SHOP1_SECRET"]
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from codex_ingest.intake.checks import SOURCE_PATTERN, TENANT_PATTERN
+from codex_ingest.intake.headers import HEADER_NAME, never_kept
 from codex_ingest.intake.schemes.standard_webhooks import decode_secret
 
 # The service's own X-Signature schemes. "hmac-sha256-bound" signs the time,
@@ -42,6 +45,8 @@ BODY_ONLY = ("hmac-sha256-body", "hmac-sha256")
 GENERIC = frozenset({BOUND, *BODY_ONLY})
 DEFAULT_SCHEME = BOUND
 SCHEMES = (BOUND, *BODY_ONLY, "square", "shopify", "stripe", "standard-webhooks", "toast", "clover")
+# Headers that carry a scheme's shared secret itself: no table may list them.
+SECRET_HEADERS = {"clover": "x-clover-auth"}
 # Schemes that sign a timestamp, and so check it against tolerance_seconds.
 TIMESTAMPED = frozenset({BOUND, "stripe", "standard-webhooks", "toast"})
 DEFAULT_TOLERANCE_SECONDS = 300
@@ -63,6 +68,8 @@ class SourceSpec:
     # request for a tenant is verified with that tenant's secrets alone, and
     # a tenant not listed can send nothing.
     tenants: Mapping[str, tuple[str, ...]] | None = field(default=None, repr=False)
+    # Request headers to store with each event besides the scheme's own (intake/headers.py).
+    headers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +140,7 @@ def _scheme(name: str, table: Any, origin: str) -> str:
 
 def _source(name: str, scheme: str, table: dict[str, Any], environ: Mapping[str, str], origin: str) -> SourceSpec:
     where = f"{origin}: [sources.{name}]"
-    allowed = {"scheme", "secrets"}
+    allowed = {"scheme", "secrets", "headers"}
     if scheme == "square":
         allowed.add("notification_url")
     if scheme in TIMESTAMPED:
@@ -165,7 +172,22 @@ def _source(name: str, scheme: str, table: dict[str, Any], environ: Mapping[str,
     if type(tolerance) is not int or tolerance < 1:
         raise SourcesError(f"{where}: tolerance_seconds must be a whole number of seconds, at least 1")
     return SourceSpec(name=name, scheme=scheme, secrets=secrets, notification_url=url, tolerance_seconds=tolerance,
-                      tenants=tenants)
+                      tenants=tenants, headers=_header_names(table.get("headers", []), scheme, where))
+
+
+def _header_names(value: Any, scheme: str, where: str) -> tuple[str, ...]:
+    """``headers = [...]``: more request headers to keep, each a field name the service may store."""
+    if not isinstance(value, list):
+        raise SourcesError(f"{where}: headers must be a list of header names")
+    names = []
+    for index, name in enumerate(value):
+        if not isinstance(name, str) or HEADER_NAME.fullmatch(name) is None:
+            raise SourcesError(f"{where}: headers[{index}] must be a header name (letters, digits, - and the like; 1-64)")
+        if never_kept(name) or name.lower() == SECRET_HEADERS.get(scheme):
+            raise SourcesError(f"{where}: headers[{index}] {name!r} is never stored: it carries credentials "
+                               "(Authorization, Cookie, Proxy-*, or this scheme's shared secret)")
+        names.append(name)
+    return tuple(names)
 
 
 def _tenants(value: Any, environ: Mapping[str, str], where: str) -> dict[str, tuple[str, ...]]:

@@ -6,7 +6,9 @@ still running (sql/read.sql), so a row that commits late — a batch that
 waited on another's lock while later ids committed — is never behind a
 cursor that has already passed: a consumer that always continues from
 ``next_cursor`` gets every committed event of its tenant exactly once,
-whatever the commit order. The price: a long-running writing transaction
+whatever the commit order. The combined feed (every tenant a token may
+read, in one such order) keeps the same promise across tenants, with
+cursors of its own. The price: a long-running writing transaction
 anywhere on the server holds delivery back (never skips); its age is the
 horizon lag metric.
 """
@@ -28,7 +30,11 @@ from codex_ingest.settings import parse_ascii_int
 from codex_ingest.storage.dberrors import ErrorCounter, translated
 from codex_ingest.storage.queries import Queries
 
-_CURSOR_TEXT = re.compile(r"([0-9]{1,20}):([0-9]{1,19})")
+_CURSOR_TEXT = re.compile(r"(f:)?([0-9]{1,20}):([0-9]{1,19})")
+# A combined feed's cursor says so ("f:" before the numbers): continuing the
+# feed from one tenant's cursor would skip the other tenants' events before
+# it, and a tenant's read from a feed cursor is as wrong the other way.
+_FEED_MARK = "f:"
 # The cursor's numbers are checked against their SQL types before the database
 # sees them: xact is xid8 (unsigned 64-bit), id is bigint (signed 64-bit).
 _XID8_MAX = 2**64 - 1
@@ -38,18 +44,21 @@ _CURSOR_MAX_CHARS = 64
 
 @dataclass(frozen=True, slots=True, order=True)
 class Cursor:
-    """A position in one tenant's delivery order; the API shows it as an opaque string."""
+    """A position in the delivery order (one tenant's, or the combined
+    feed's); the API shows it as an opaque string."""
 
     xact: int
     id: int
 
-    def encode(self) -> str:
-        return base64.urlsafe_b64encode(f"{self.xact}:{self.id}".encode()).decode().rstrip("=")
+    def encode(self, *, feed: bool = False) -> str:
+        text = f"{_FEED_MARK if feed else ''}{self.xact}:{self.id}"
+        return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
     @classmethod
-    def decode(cls, text: str) -> Cursor:
-        """The cursor ``text`` names; InvalidParameter (400 ``invalid_cursor``) for
-        anything else, including numbers out of their SQL types' range."""
+    def decode(cls, text: str, *, feed: bool = False) -> Cursor:
+        """The cursor ``text`` names, from a read of the same kind (``feed``: the
+        combined feed); InvalidParameter (400 ``invalid_cursor``) for anything
+        else, including numbers out of their SQL types' range."""
         raw = ""
         if len(text) <= _CURSOR_MAX_CHARS:
             try:
@@ -58,7 +67,14 @@ class Cursor:
                 pass
         match = _CURSOR_TEXT.fullmatch(raw)
         if match is not None:
-            xact, id_ = parse_ascii_int(match.group(1), max_digits=20), parse_ascii_int(match.group(2), max_digits=19)
+            if (match.group(1) is not None) != feed:
+                raise InvalidParameter(
+                    "invalid_cursor",
+                    "after is a next_cursor of the combined feed (no tenant): it cannot continue one tenant's read"
+                    if not feed else
+                    "after is a next_cursor of one tenant's read: the combined feed (no tenant) has cursors of its own",
+                )
+            xact, id_ = parse_ascii_int(match.group(2), max_digits=20), parse_ascii_int(match.group(3), max_digits=19)
             if xact <= _XID8_MAX and id_ <= _BIGINT_MAX:
                 return cls(xact, id_)
         raise InvalidParameter("invalid_cursor", "after must be a next_cursor this service returned")
@@ -76,6 +92,7 @@ class StoredEvent:
     idempotency_key: str
     received_at: datetime
     content_type: str | None
+    headers: str | None  # the kept request headers, a JSON object's text; None: stored before headers were kept
     body: bytes
 
 
@@ -88,12 +105,13 @@ def _event(row: asyncpg.Record) -> StoredEvent:
         idempotency_key=row["idempotency_key"],
         received_at=row["received_at"],
         content_type=row["content_type"],
+        headers=row["headers"],
         body=bytes(row["body"]),
     )
 
 
 class EventLog:
-    """Pages of a tenant's events after a cursor, through the pool."""
+    """Pages of a tenant's events, or of the combined feed, after a cursor, through the pool."""
 
     def __init__(
         self, pool: asyncpg.Pool, queries: Queries, *, acquire_timeout: float, retry_after: int,
@@ -101,7 +119,10 @@ class EventLog:
     ) -> None:
         self._pool = pool
         self._read = queries.sql("read_events")
+        self._read_feed = queries.sql("read_feed")
+        self._read_feed_of = queries.sql("read_feed_of")
         self._horizon = queries.sql("purge_horizon")
+        self._feed_horizon = queries.sql("feed_purge_horizon")
         self._horizon_lag = queries.sql("horizon_lag")
         self._oldest_age = queries.sql("oldest_event_age")
         self._acquire_timeout = acquire_timeout
@@ -124,9 +145,7 @@ class EventLog:
         with translated(self._retry_after, self._count_error):
             async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
                 if after is not None:
-                    horizon = await conn.fetchrow(self._horizon, tenant)  # $1 tenant_id
-                    if horizon is not None and after < Cursor(int(horizon["xact"]), horizon["id"]):
-                        raise CursorExpired()
+                    _check_not_expired(after, await conn.fetchrow(self._horizon, tenant))  # $1 tenant_id
                 rows = await conn.fetch(
                     self._read,
                     tenant,               # $1 tenant_id
@@ -136,8 +155,42 @@ class EventLog:
                     limit,                # $5 limit
                     max_bytes,            # $6 most bytes of bodies, or None for no cap
                 )
-        # Past the byte cap the database sends the rows without their bodies: the page ends there.
-        return [_event(row) for row in itertools.takewhile(lambda row: row["body"] is not None, rows)]
+        return _within_cap(rows)
+
+    async def feed_page(
+        self, tenants: frozenset[str] | None, source: str | None, after: Cursor | None, limit: int,
+        max_bytes: int | None = None,
+    ) -> list[StoredEvent]:
+        """The combined feed: like ``page``, over every tenant (``tenants`` None) or
+        over ``tenants``, in one delivery order. CursorExpired (410) when retention
+        deleted an event of any of them after ``after``."""
+        position = after or START
+        with translated(self._retry_after, self._count_error):
+            async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
+                tenant_list = None if tenants is None else sorted(tenants)
+                if after is not None:
+                    # $1 tenant_id[], or None: every tenant
+                    _check_not_expired(after, await conn.fetchrow(self._feed_horizon, tenant_list))
+                if tenant_list is None:
+                    rows = await conn.fetch(
+                        self._read_feed,
+                        source,               # $1 source, or None for every source
+                        str(position.xact),   # $2 after xact
+                        position.id,          # $3 after id
+                        limit,                # $4 limit
+                        max_bytes,            # $5 most bytes of bodies, or None for no cap
+                    )
+                else:
+                    rows = await conn.fetch(
+                        self._read_feed_of,
+                        tenant_list,          # $1 tenant_id[]
+                        source,               # $2 source, or None for every source
+                        str(position.xact),   # $3 after xact
+                        position.id,          # $4 after id
+                        limit,                # $5 limit
+                        max_bytes,            # $6 most bytes of bodies, or None for no cap
+                    )
+        return _within_cap(rows)
 
     async def horizon_lag(self) -> float:
         with translated(self._retry_after, self._count_error):
@@ -151,11 +204,23 @@ class EventLog:
         return None if age is None else float(age)
 
 
+def _check_not_expired(after: Cursor, horizon: asyncpg.Record | None) -> None:
+    """CursorExpired (410) when retention deleted an event after ``after`` (``horizon``: the last it deleted)."""
+    if horizon is not None and after < Cursor(int(horizon["xact"]), horizon["id"]):
+        raise CursorExpired()
+
+
+def _within_cap(rows: list[asyncpg.Record]) -> list[StoredEvent]:
+    # Past the byte cap the database sends the rows without their bodies: the page ends there.
+    return [_event(row) for row in itertools.takewhile(lambda row: row["body"] is not None, rows)]
+
+
 async def export_events(
-    conn: asyncpg.Connection, queries: Queries, tenant: str, source: str | None,
+    conn: asyncpg.Connection, queries: Queries, tenant: str | None, source: str | None,
     since: datetime | None, until: datetime | None, *, prefetch: int = 1000, chunk_bytes: int = 8 * 1024 * 1024,
 ) -> AsyncIterator[StoredEvent]:
-    """Every matching event, streamed through a server-side cursor (memory stays flat).
+    """Every matching event of ``tenant`` (None: of every tenant, in the combined
+    feed's order), streamed through a server-side cursor (memory stays flat).
 
     Rows come in chunks of at most ``prefetch``, sized from the bodies seen so
     far to about ``chunk_bytes``, growing at most twofold a chunk (300 events of
@@ -164,13 +229,21 @@ async def export_events(
     nobody's delivery.
     """
     async with conn.transaction(readonly=True):
-        cursor = await conn.cursor(
-            queries.sql("export_events"),
-            tenant,  # $1 tenant_id
-            source,  # $2 source, or None
-            since,   # $3 since, or None
-            until,   # $4 until, or None
-        )
+        if tenant is None:
+            cursor = await conn.cursor(
+                queries.sql("export_feed"),
+                source,  # $1 source, or None
+                since,   # $2 since, or None
+                until,   # $3 until, or None
+            )
+        else:
+            cursor = await conn.cursor(
+                queries.sql("export_events"),
+                tenant,  # $1 tenant_id
+                source,  # $2 source, or None
+                since,   # $3 since, or None
+                until,   # $4 until, or None
+            )
         rows_wanted = min(prefetch, 16)
         while rows := await cursor.fetch(rows_wanted):
             body_bytes = 0

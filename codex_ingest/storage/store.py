@@ -119,6 +119,7 @@ class EventStore:
                 event.body_sha256,      # $4 body_sha256
                 event.body,             # $5 body
                 event.content_type,     # $6 content_type
+                event.headers,          # $7 headers (JSON text, or None)
             )
             if inserted is not None:
                 return StoreResult(Outcome.ACCEPTED, inserted["id"], inserted["received_at"], event.body_sha256)
@@ -183,6 +184,7 @@ class EventStore:
                 [e.body_sha256 for e in remaining],      # $4 body_sha256[]
                 [e.body for e in remaining],             # $5 body[]
                 [e.content_type for e in remaining],     # $6 content_type[]
+                [e.headers for e in remaining],          # $7 headers[] (JSON text, or None)
             )
             by_key = {key_of(e): e for e in remaining}
             for row in rows:

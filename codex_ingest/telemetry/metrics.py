@@ -58,13 +58,14 @@ class ServiceMetrics:
     ``sources``: the declared sources, whose series exist from the start;
     they always get a label of their own and count toward
     ``MAX_SOURCE_LABELS``. ``db_error_classes``: the classes
-    ``codex_ingest_db_errors_total`` starts with. ``retention``: RETENTION is
+    ``codex_ingest_db_errors_total`` starts with; ``header_drop_reasons``:
+    those ``codex_ingest_headers_dropped_total`` starts with. ``retention``: RETENTION is
     set; only then is ``codex_ingest_oldest_event_age_seconds`` exported.
     """
 
     def __init__(
         self, registry: CollectorRegistry, *, sources: Iterable[str] = (), db_error_classes: Iterable[str] = (),
-        retention: bool = False,
+        header_drop_reasons: Iterable[str] = (), retention: bool = False,
     ) -> None:
         self.registry = registry
         self._events = Counter(
@@ -86,6 +87,15 @@ class ServiceMetrics:
             ["class"],
             registry=registry,
         )
+        self._headers_dropped = Counter(
+            "codex_ingest_headers_dropped",
+            "Request headers a source keeps that were left out of the stored event, by why "
+            "(size: past HEADERS_MAX_BYTES; secret: the value carries one of ours; encoding: not UTF-8).",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in header_drop_reasons:
+            self._headers_dropped.labels(reason)
         # multiprocess_mode matters only with several workers: pool gauges
         # add up across live workers, build_info is the same everywhere.
         self._pool_size = Gauge(
@@ -192,6 +202,10 @@ class ServiceMetrics:
         self._started.add(label)
         for outcome in OUTCOMES:
             self._events.labels(source=label, outcome=outcome)
+
+    def header_dropped(self, reason: str) -> None:
+        """A request header a source keeps was left out of its stored event (intake/headers.py)."""
+        self._headers_dropped.labels(reason).inc()
 
     def count_db_error(self, error_class: str) -> None:
         self._db_errors.labels(error_class).inc()

@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from codex_ingest.intake.ratelimit import RateLimiter
+from codex_ingest.intake.headers import DROP_REASONS
 from codex_ingest.intake.reader import EventReader
 from codex_ingest.intake.schemes.base import Clock
 from codex_ingest.intake.schemes.registry import build_sources
@@ -64,11 +65,13 @@ def create_app(settings: Settings, *, queries: Queries | None = None, clock: Clo
         registry,
         sources=settings.source_table.sources if settings.source_table is not None else (),
         db_error_classes=ERROR_CLASSES,
+        header_drop_reasons=DROP_REASONS,
         retention=settings.retention is not None,
     )
     # Every source's scheme is built once, here, not per request.
     sources = build_sources(settings.source_table, clock, webhook_secret=settings.webhook_secret)
-    app[keys.READER] = EventReader(sources)
+    app[keys.READER] = EventReader(sources, secrets=held_secrets(settings), headers_max_bytes=settings.headers_max_bytes,
+                                   count_dropped=app[keys.METRICS].header_dropped)
     if settings.rate_limit_per_sec > 0:
         app[keys.RATE_LIMITER] = RateLimiter(settings.rate_limit_per_sec, settings.rate_limit_burst)
     if settings.api_tokens:
@@ -77,6 +80,19 @@ def create_app(settings: Settings, *, queries: Queries | None = None, clock: Clo
     app.cleanup_ctx.append(background_jobs)
     setup_routes(app)
     return app
+
+
+def held_secrets(settings: Settings) -> list[str]:
+    """Every secret and token the service holds: a request header carrying one is never stored."""
+    held = [settings.webhook_secret, *(t.token for t in settings.api_tokens)]
+    if settings.metrics_token is not None:
+        held.append(settings.metrics_token)
+    if settings.source_table is not None:
+        for spec in settings.source_table.sources.values():
+            held.extend(spec.secrets)
+            for secrets in (spec.tenants or {}).values():
+                held.extend(secrets)
+    return [secret for secret in held if secret]
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:

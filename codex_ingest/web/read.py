@@ -1,8 +1,10 @@
 """GET /events: a tenant's stored events in delivery order, by cursor, with
-an optional wait at the head (long-poll).
+an optional wait at the head (long-poll). Without ``tenant``, the combined
+feed: every tenant the token may read (all, for a token scoped ``*``), in
+one delivery order, with cursors of its own.
 
 A consumer that always continues from ``next_cursor`` gets every committed
-event of its tenant exactly once (storage/delivery.py says why). A page holds
+event of its tenant (or of its feed) exactly once (storage/delivery.py says why). A page holds
 at most ``limit`` events and READ_PAGE_MAX_BYTES of bodies (one larger event
 comes alone). With ``wait=N`` a read that finds nothing waits up to N seconds
 for new events (woken by storage/notify.py, never by polling) and then
@@ -16,6 +18,7 @@ import asyncio
 import base64
 import math
 
+import orjson
 from aiohttp import web
 
 from codex_ingest.errors import InvalidParameter, InvalidSource, InvalidTenant
@@ -59,7 +62,8 @@ def _wait(text: str | None) -> float:
 
 
 def event_document(event: StoredEvent) -> dict[str, object]:
-    """One event as the API shows it; ``body_base64`` holds the exact bytes stored (canonical)."""
+    """One event as the API shows it; ``body_base64`` holds the exact bytes stored (canonical).
+    ``headers`` is the stored JSON object, passed through as it is (null: stored before headers were kept)."""
     return {
         "event_id": event.event_id,
         "tenant_id": event.tenant_id,
@@ -67,6 +71,7 @@ def event_document(event: StoredEvent) -> dict[str, object]:
         "idempotency_key": event.idempotency_key,
         "received_at": event.received_at.isoformat(),
         "content_type": event.content_type,
+        "headers": None if event.headers is None else orjson.Fragment(event.headers),
         "body_base64": base64.b64encode(event.body).decode("ascii"),
     }
 
@@ -75,14 +80,17 @@ async def read_events(request: web.Request) -> web.Response:
     app = request.app
     query = request.query
     tenant = query.get("tenant")
-    app[READ_AUTH].scope(request.headers.get("Authorization"))  # 401 first: say nothing to strangers
-    if tenant is None or TENANT_PATTERN.fullmatch(tenant) is None:
-        raise InvalidTenant("tenant is required and must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-    app[READ_AUTH].authorize(request.headers.get("Authorization"), tenant)
+    scope = app[READ_AUTH].scope(request.headers.get("Authorization"))  # 401 first: say nothing to strangers
+    feed = tenant is None
+    if not feed and TENANT_PATTERN.fullmatch(tenant) is None:
+        raise InvalidTenant("tenant must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+                            " (leave it out to read every tenant the token may read, in one feed)")
+    if not feed:
+        app[READ_AUTH].authorize(request.headers.get("Authorization"), tenant)
     source = query.get("source")
     if source is not None and SOURCE_PATTERN.fullmatch(source) is None:
         raise InvalidSource()
-    after = Cursor.decode(query["after"]) if "after" in query else None
+    after = Cursor.decode(query["after"], feed=feed) if "after" in query else None
     limit = _limit(query.get("limit"))
     wait = _wait(query.get("wait"))
 
@@ -90,10 +98,16 @@ async def read_events(request: web.Request) -> web.Response:
     log = app[EVENT_LOG]
     watch = app[HEAD_WATCH]
     max_bytes = settings.read_page_max_bytes
+
+    async def read_page() -> list[StoredEvent]:
+        if tenant is None:
+            return await log.feed_page(scope, source, after, limit, max_bytes)
+        return await log.page(tenant, source, after, limit, max_bytes)
+
     headers = NO_STORE
     # Marked before each read: a commit announced while the read runs is not missed by the wait after it.
     since = watch.mark()
-    events = await log.page(tenant, source, after, limit, max_bytes)
+    events = await read_page()
     if not events and wait > 0:
         with watch.place(settings.read_max_waiting) as waiting:
             if not waiting:
@@ -110,10 +124,10 @@ async def read_events(request: web.Request) -> web.Response:
                     # A few at a time (storage/notify.py): the writes must not queue behind the crowd.
                     async with watch.rereads:
                         since = watch.mark()
-                        events = await log.page(tenant, source, after, limit, max_bytes)
+                        events = await read_page()
     app[METRICS].served(len(events))
     next_cursor = events[-1].cursor if events else (after or START)
     return json_response(
-        {"events": [event_document(e) for e in events], "next_cursor": next_cursor.encode()},
+        {"events": [event_document(e) for e in events], "next_cursor": next_cursor.encode(feed=feed)},
         headers=headers,
     )

@@ -6,7 +6,7 @@
 -- way inside one server: tests/storage/test_partitioned_schema.py runs the
 -- service's own write path and cursor read on it unchanged.
 --
--- What changes against migrations/0001 + 0002:
+-- What changes against migrations/0001 to 0004:
 -- * Every unique index must contain the distribution column. The dedup key
 --   (tenant_id, source, idempotency_key) already does, so ON CONFLICT is
 --   decided on one shard. The primary key becomes (tenant_id, id).
@@ -24,6 +24,7 @@ CREATE TABLE events (
     content_type    text,
     received_at     timestamptz NOT NULL DEFAULT now(),
     xact            xid8        NOT NULL DEFAULT pg_current_xact_id(),
+    headers         jsonb,
     PRIMARY KEY (tenant_id, id),
     CONSTRAINT events_dedup_key UNIQUE (tenant_id, source, idempotency_key)
 ) PARTITION BY HASH (tenant_id);
@@ -34,6 +35,8 @@ CREATE TABLE events_shard_2 PARTITION OF events FOR VALUES WITH (MODULUS 4, REMA
 CREATE TABLE events_shard_3 PARTITION OF events FOR VALUES WITH (MODULUS 4, REMAINDER 3);
 
 CREATE INDEX events_delivery ON events (tenant_id, xact, id);
+-- The combined feed's order across tenants (on Citus, read per shard and merged).
+CREATE INDEX events_feed ON events (xact, id);
 
 CREATE TABLE purge_horizons (
     tenant_id text   PRIMARY KEY,

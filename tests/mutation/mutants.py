@@ -182,8 +182,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "read-past-the-delivery-horizon",
         "only rows older than every running transaction are served: a late commit is never skipped",
         "sql/read.sql",
-        "  AND xact < (SELECT pg_snapshot_xmin(pg_current_snapshot()))\n",
-        "",
+        "  AND (xact, id) > ($3::text::xid8, $4::bigint)\n  AND xact < (SELECT pg_snapshot_xmin(pg_current_snapshot()))\n",
+        "  AND (xact, id) > ($3::text::xid8, $4::bigint)\n",
         (f"{ORDER}::test_an_event_that_commits_late_is_read_once_by_cursor_and_skipped_by_id",),
     ),
     Mutant(
@@ -206,8 +206,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "read-cursor-inclusive",
         "following next_cursor gets every event once: the cursor's own event is not repeated",
         "sql/read.sql",
-        "AND (xact, id) > ($3::text::xid8, $4::bigint)",
-        "AND (xact, id) >= ($3::text::xid8, $4::bigint)",
+        "  AND (xact, id) > ($3::text::xid8, $4::bigint)\n  AND xact < (SELECT pg_snapshot_xmin",
+        "  AND (xact, id) >= ($3::text::xid8, $4::bigint)\n  AND xact < (SELECT pg_snapshot_xmin",
         (f"{READ_API}::test_following_next_cursor_gets_every_event_once_in_order_with_limit_and_source",),
     ),
     Mutant(

@@ -12,6 +12,9 @@ from codex_ingest.cli import main
 from codex_ingest.storage import migrations
 from codex_ingest.storage.paths import migrations_dir
 
+# Every migration's id, in order: what a fresh database gets.
+ALL = sorted(p.name.removesuffix(".sql") for p in migrations_dir().glob("*.sql") if not p.name.endswith(".rollback.sql"))
+
 EXPECTED_COLUMNS = {
     "id": "bigint",
     "tenant_id": "text",
@@ -22,6 +25,7 @@ EXPECTED_COLUMNS = {
     "content_type": "text",
     "received_at": "timestamp with time zone",
     "xact": "xid8",
+    "headers": "jsonb",
 }
 
 
@@ -85,12 +89,12 @@ def test_cli_migrate_apply_list_rollback(new_database, capsys) -> None:
     assert main(["migrate", "list", "--database-url", url], env) == 0
     assert "[ ] 0001_create_events" in capsys.readouterr().out
     assert main(["migrate", "apply", "--database-url", url], env) == 0
-    assert "applied 2 migration(s)" in capsys.readouterr().out
+    assert f"applied {len(ALL)} migration(s)" in capsys.readouterr().out
     assert main(["migrate", "list"], {"DATABASE_URL": url}) == 0
     assert "[x] 0001_create_events" in capsys.readouterr().out
     assert_events_table(url)
     assert main(["migrate", "rollback", "--all", "--database-url", url], env) == 0
-    assert "rolled back 2 migration(s)" in capsys.readouterr().out
+    assert f"rolled back {len(ALL)} migration(s)" in capsys.readouterr().out
     assert schema(url)["columns"] == {}
 
 
@@ -113,16 +117,15 @@ def test_the_cursor_migration_gives_existing_rows_a_place_first_and_rolls_back(n
     """0002 on a table that already holds events: they get xact 0 (delivered first, in id order), new
     rows their transaction's id; rolled back, the events are as they were."""
     url = new_database()
-    only_first = tmp_path / "migrations"
-    only_first.mkdir()
-    for name in ("0001_create_events.sql", "0001_create_events.rollback.sql"):
-        (only_first / name).write_bytes((migrations_dir() / name).read_bytes())
-    migrations.apply_all(url, only_first)
+    upto = tmp_path / "migrations"
+    copy_migrations(upto, "0001")
+    migrations.apply_all(url, upto)
     insert = "INSERT INTO events (tenant_id, source, idempotency_key, body_sha256, body) VALUES ('t', 's', %s, %s, '{}')"
     with psycopg.connect(url, autocommit=True) as conn:
         for key in ("old-1", "old-2"):
             conn.execute(insert, (key, b"\x00" * 32))
-    assert migrations.apply_all(url) == ["0002_delivery_cursor"]
+    copy_migrations(upto, "0002")
+    assert migrations.apply_all(url, upto) == ["0002_delivery_cursor"]
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(insert, ("new-1", b"\x00" * 32))
         rows = conn.execute("SELECT idempotency_key, xact::text FROM events ORDER BY id").fetchall()
@@ -130,9 +133,9 @@ def test_the_cursor_migration_gives_existing_rows_a_place_first_and_rolls_back(n
         assert int(rows[2][1]) > 0
         indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'events'")}
         assert "events_delivery" in indexes
-    assert migrations.rollback(url) == ["0002_delivery_cursor"]
+    assert migrations.rollback(url, directory=upto) == ["0002_delivery_cursor"]
     assert_cursorless = schema(url)["columns"]
-    assert "xact" not in assert_cursorless and set(assert_cursorless) == set(EXPECTED_COLUMNS) - {"xact"}
+    assert "xact" not in assert_cursorless and set(assert_cursorless) == set(EXPECTED_COLUMNS) - {"xact", "headers"}
     with psycopg.connect(url) as conn:
         assert [r[0] for r in conn.execute("SELECT idempotency_key FROM events ORDER BY id")] == ["old-1", "old-2", "new-1"]
         assert conn.execute("SELECT to_regclass('purge_horizons')").fetchone() == (None,)
@@ -144,3 +147,38 @@ def test_a_multi_host_url_reaches_yoyo_as_libpq_host_and_port_lists() -> None:
         "postgresql+psycopg://ingest:pw@/codex?target_session_attrs=read-write&host=db1,db2&port=5433,5432"
     )
     assert migrations.yoyo_url("postgres://u@h:1/d") == "postgresql+psycopg://u@h:1/d"
+
+
+def copy_migrations(directory: Path, prefix: str) -> None:
+    """The migration ``prefix`` (forward and rollback) copied into ``directory``."""
+    directory.mkdir(exist_ok=True)
+    for path in migrations_dir().glob(f"{prefix}_*.sql"):
+        (directory / path.name).write_bytes(path.read_bytes())
+
+
+def test_the_headers_and_feed_migrations_leave_old_rows_without_headers_and_roll_back(new_database, tmp_path) -> None:
+    """0003 on a table that already holds events: they keep NULL headers (none was kept when they came),
+    new rows take what they are given; 0004 builds the feed's index (CONCURRENTLY, outside a
+    transaction); both roll back to the table as it was."""
+    url = new_database()
+    upto = tmp_path / "migrations"
+    for prefix in ("0001", "0002"):
+        copy_migrations(upto, prefix)
+    migrations.apply_all(url, upto)
+    insert = "INSERT INTO events (tenant_id, source, idempotency_key, body_sha256, body) VALUES ('t', 's', %s, %s, '{}')"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(insert, ("old", b"\x00" * 32))
+    assert migrations.apply_all(url) == ["0003_event_headers", "0004_feed_order"]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO events (tenant_id, source, idempotency_key, body_sha256, body, headers)"
+                     " VALUES ('t', 's', 'new', %s, '{}', '{\"x-shopify-topic\": \"orders/create\"}')", (b"\x00" * 32,))
+        rows = conn.execute("SELECT idempotency_key, headers FROM events ORDER BY id").fetchall()
+        assert rows == [("old", None), ("new", {"x-shopify-topic": "orders/create"})]
+        index = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'events_feed'").fetchone()
+        assert index is not None and index[0].endswith("(xact, id)"), index
+        valid = conn.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = 'events_feed'::regclass").fetchone()
+        assert valid == (True,)
+    assert migrations.rollback(url, count=2) == ["0004_feed_order", "0003_event_headers"]
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT to_regclass('events_feed')").fetchone() == (None,)
+    assert set(schema(url)["columns"]) == set(EXPECTED_COLUMNS) - {"headers"}

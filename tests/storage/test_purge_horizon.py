@@ -39,6 +39,7 @@ async def insert(conn: asyncpg.Connection, queries: Queries, key: str) -> int:
         bytes(32),   # $4 body_sha256
         b"{}",       # $5 body
         None,        # $6 content_type
+        None,        # $7 headers
     )
     assert row is not None
     return int(row["id"])

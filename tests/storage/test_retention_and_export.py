@@ -148,7 +148,8 @@ async def test_export_writes_ndjson_in_the_read_shape_filtered_by_tenant_source_
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [base64.b64decode(e["body_base64"]) for e in lines] == bodies
-    assert set(lines[0]) == {"event_id", "tenant_id", "source", "idempotency_key", "received_at", "content_type", "body_base64"}
+    assert set(lines[0]) == {"event_id", "tenant_id", "source", "idempotency_key", "received_at", "content_type", "headers",
+                             "body_base64"}
     assert result.stderr == ""  # no progress bar when stderr is not a terminal
 
     only_toast = await asyncio.to_thread(run_cli, "export", "--tenant", "shop-a", "--source", "toast", "--database-url", database_url)

@@ -428,7 +428,9 @@ def test_migrations_need_the_migration_role(deployment: Deployment, new_database
     assert stale.returncode == 1
     assert "cannot apply migrations" in stale.stderr and "must be owner of table events" in stale.stderr, stale.stderr
 
-    assert migrations.apply_all(other.migrator_url) == ["0002_delivery_cursor"]
+    later = sorted(p.name.removesuffix(".sql") for p in migrations_dir().glob("*.sql")
+                   if not p.name.endswith(".rollback.sql") and not p.name.startswith("0001_"))
+    assert migrations.apply_all(other.migrator_url) == later
     # Nothing pending: the runtime role may read yoyo's record, finds nothing to do.
     current = run_cli("migrate", "apply", env=as_runtime)
     assert current.returncode == 0, current.stderr

@@ -73,7 +73,13 @@ async def test_a_page_carries_the_exact_stored_bytes_and_a_cursor(reader, db) ->
     page = await read(reader)
     assert set(page) == {"events", "next_cursor"}
     [event] = page["events"]
-    assert set(event) == {"event_id", "tenant_id", "source", "idempotency_key", "received_at", "content_type", "body_base64"}
+    assert set(event) == {"event_id", "tenant_id", "source", "idempotency_key", "received_at", "content_type", "headers",
+                          "body_base64"}
+    # What the scheme read, as sent: the signature, the key and the tenant, with the common headers.
+    sent = {k.lower(): v for k, v in headers(body, tenant="shop-a", **{"Idempotency-Key": "k-1"}).items()}
+    assert event["headers"]["x-signature"] == sent["x-signature"]
+    assert event["headers"]["idempotency-key"] == "k-1" and event["headers"]["x-tenant-id"] == "shop-a"
+    assert event["headers"]["content-type"] == sent["content-type"]
     assert (event["event_id"], event["tenant_id"], event["source"], event["idempotency_key"]) == (event_id, "shop-a", "square", "k-1")
     assert base64.b64decode(event["body_base64"]) == body
     assert event["content_type"] == "application/json"
@@ -131,10 +137,12 @@ async def test_bad_parameters_are_400_with_a_json_error(reader, db, params, code
     assert doc["error"] == code and doc["detail"]
 
 
-async def test_a_missing_tenant_is_400(reader) -> None:
-    resp = await reader.get("/events", headers=bearer(ALL))
+@pytest.mark.parametrize("tenant", ["", "*", "shop a", "-shop"])
+async def test_a_tenant_that_is_not_a_tenant_name_is_400(reader, tenant: str) -> None:
+    resp = await reader.get("/events?" + urlencode({"tenant": tenant}), headers=bearer(ALL))
     assert resp.status == 400
-    assert (await resp.json())["error"] == "invalid_tenant"
+    error = await resp.json()
+    assert error["error"] == "invalid_tenant" and "leave it out" in error["detail"], error
 
 
 async def test_a_waiting_reader_is_woken_by_a_new_event_not_by_its_timeout(reader, db) -> None:

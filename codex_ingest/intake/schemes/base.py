@@ -64,6 +64,9 @@ class Scheme(Protocol):
     #: ?tenant=), never from the provider's body: it is then required before
     #: the body is read.
     tenant_from_request: bool
+    #: The headers that carry its signature, timestamp, topic and event id,
+    #: stored with each event (intake/headers.py); never one holding a secret.
+    kept_headers: tuple[str, ...]
 
     def read(self, headers: Headers, body: bytes) -> Sequence[Delivery] | Handshake:
         """Verify ``body`` against ``headers``; the deliveries it carries, or a handshake.

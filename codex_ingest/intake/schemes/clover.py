@@ -37,6 +37,8 @@ _HANDSHAKE_CODE = re.compile(r"^[\x21-\x7e]{1,128}$")
 
 
 class CloverScheme:
+    # X-Clover-Auth is the app's auth code itself, one of our secrets: never kept.
+    kept_headers = ()
     fan_out = True
     tenant_from_request = False
 

@@ -42,6 +42,8 @@ class GenericScheme:
 
     fan_out = False
     tenant_from_request = True
+    # What the signature covers besides the body (X-Tenant-Id may be ?tenant= instead).
+    kept_headers = ("X-Signature", "X-Webhook-Signature", "Idempotency-Key", "X-Tenant-Id")
 
     __slots__ = ("_keys",)
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from codex_ingest.errors import UnknownSource
 from codex_ingest.intake.checks import check_source
+from codex_ingest.intake.headers import COMMON
 from codex_ingest.intake.schemes.base import Clock, Scheme
 from codex_ingest.intake.schemes.bound import BoundHmacScheme
 from codex_ingest.intake.schemes.clover import CloverScheme
@@ -31,6 +32,10 @@ class SourceSchemes:
     strict: bool
     schemes: Mapping[str, Scheme]
     fallback: Scheme | None
+    # The headers each declared source keeps (its scheme's, the common ones,
+    # its table's), and those the fallback's sources keep (intake/headers.py).
+    kept_headers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    fallback_kept_headers: tuple[str, ...] = ()
 
     def scheme_for(self, source: str) -> Scheme:
         """The scheme that reads ``source``; UnknownSource (404) when strict
@@ -72,6 +77,9 @@ def build_sources(config: SourcesConfig | None, clock: Clock = time.time, *, web
     ``webhook_secret`` keys the generic scheme of undeclared sources; with
     strict_sources there are none, and it may be empty."""
     strict = config is not None and config.strict
-    declared = {} if config is None else {name: build_scheme(spec, clock) for name, spec in config.sources.items()}
+    specs = {} if config is None else config.sources
+    declared = {name: build_scheme(spec, clock) for name, spec in specs.items()}
     fallback = None if strict else GenericHmacScheme([webhook_secret])
-    return SourceSchemes(strict=strict, schemes=declared, fallback=fallback)
+    kept = {name: (*declared[name].kept_headers, *COMMON, *spec.headers) for name, spec in specs.items()}
+    return SourceSchemes(strict=strict, schemes=declared, fallback=fallback, kept_headers=kept,
+                         fallback_kept_headers=(*GenericHmacScheme.kept_headers, *COMMON))

@@ -24,6 +24,8 @@ HEADER = "X-Shopify-Hmac-Sha256"
 
 
 class ShopifyScheme:
+    kept_headers = (HEADER, "X-Shopify-Topic", "X-Shopify-Shop-Domain", "X-Shopify-Webhook-Id", "X-Shopify-Event-Id",
+                    "X-Shopify-API-Version", "X-Shopify-Triggered-At")
     fan_out = False
     tenant_from_request = False
 

@@ -24,6 +24,9 @@ HEADER = "x-square-hmacsha256-signature"
 
 
 class SquareScheme:
+    # The legacy SHA-1 signature and Square's delivery headers ride along; the event id is in the body.
+    kept_headers = (HEADER, "X-Square-Signature", "Square-Version", "Square-Environment", "Square-Retry-Number",
+                    "Square-Retry-Reason", "Square-Initial-Delivery-Timestamp")
     fan_out = False
     tenant_from_request = False
 

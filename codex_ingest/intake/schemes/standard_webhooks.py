@@ -67,6 +67,7 @@ def parse_signatures(header: str) -> list[bytes]:
 
 
 class StandardWebhooksScheme:
+    kept_headers = ("webhook-id", "webhook-timestamp", "webhook-signature")
     fan_out = False
     tenant_from_request = False
 

@@ -53,6 +53,7 @@ def parse_header(header: str) -> tuple[int, list[bytes]]:
 
 
 class StripeScheme:
+    kept_headers = (HEADER,)
     fan_out = False
     tenant_from_request = False
 

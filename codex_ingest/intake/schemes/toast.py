@@ -51,6 +51,7 @@ def signed_time(document: dict[str, object]) -> tuple[bytes, float]:
 
 
 class ToastScheme:
+    kept_headers = (HEADER, "Toast-Restaurant-External-ID")
     fan_out = False
     tenant_from_request = False
 

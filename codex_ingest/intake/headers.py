@@ -1,0 +1,141 @@
+"""Which request headers an event keeps, stored beside its body.
+
+A consumer needs what the provider said outside the body: Shopify names its
+topic (``orders/create`` or ``orders/updated``) only in ``X-Shopify-Topic``,
+and re-verifying a provider's signature later takes its signature header.
+Each scheme names the headers that carry its signature, timestamp, topic
+and event id (``kept_headers``); every source also keeps ``Content-Type``
+and ``User-Agent``, and the names its sources-file table lists
+(``headers = [...]``).
+
+Never kept, whatever a table lists: ``Authorization``, ``Cookie``,
+``Set-Cookie``, ``Proxy-*``, a scheme's header that holds the shared secret
+itself (Clover's ``X-Clover-Auth``), and any header whose value carries one
+of the service's secrets or tokens (a webhook secret, a read or metrics
+token), whole or as one of its comma-, space-, semicolon- or
+equals-separated parts. That check compares keyed digests in constant
+time, every one, so its time says nothing about a secret.
+
+Their total size is bounded (HEADERS_MAX_BYTES, names and values in UTF-8):
+a request over it is not refused for that; the headers that do not fit are
+left out, in the order above (a scheme's own first), and counted. A
+repeated header keeps its first value, the one the scheme read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+from collections.abc import Callable, Iterable
+
+import orjson
+
+from codex_ingest.intake.checks import Headers
+
+# Every source keeps these, after its scheme's own.
+COMMON = ("Content-Type", "User-Agent")
+# Names no table may list, and no event ever keeps.
+_NEVER = frozenset({"authorization", "cookie", "set-cookie"})
+_NEVER_PREFIX = "proxy-"
+# An HTTP field name (RFC 9110 token), bounded.
+HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
+# The parts of a value a secret could hide in: "Bearer <t>", "t=..,v1=<s>", "a, b".
+_PARTS = re.compile(r"[\s,;=]+")
+
+# Why a header was left out: it would pass HEADERS_MAX_BYTES; its value
+# carries a secret of ours; it is not UTF-8 text (stored JSON must be).
+DROPPED_SIZE = "size"
+DROPPED_SECRET = "secret"
+DROPPED_ENCODING = "encoding"
+DROP_REASONS = (DROPPED_SIZE, DROPPED_SECRET, DROPPED_ENCODING)
+
+DropCounter = Callable[[str], None]
+
+
+def never_kept(name: str) -> bool:
+    """Whether a header of this name is never stored, whoever lists it."""
+    lowered = name.lower()
+    return lowered in _NEVER or lowered.startswith(_NEVER_PREFIX)
+
+
+class SecretGuard:
+    """Tells whether a header value carries one of the service's secrets.
+
+    Holds keyed BLAKE2b digests of the secrets under a key drawn at start-up,
+    never the secrets, and compares a value's digests with every one of them
+    with hmac.compare_digest, with no early exit: equal lengths, no secret's
+    length or prefix shows in the time taken.
+    """
+
+    __slots__ = ("_keyed", "_known")
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        # A keyed state made once and copied per value: a third cheaper than keying each time.
+        self._keyed = hashlib.blake2b(key=os.urandom(32), digest_size=16)
+        self._known = tuple(dict.fromkeys(self._digest(s) for s in secrets if s))
+
+    def _digest(self, text: str) -> bytes:
+        state = self._keyed.copy()
+        state.update(text.encode("utf-8", "surrogateescape"))
+        return state.digest()
+
+    def carries_secret(self, value: str) -> bool:
+        if not self._known:
+            return False
+        stripped = value.strip()
+        found = False
+        # The whole value and each part of it, once each ("application/json" is one part, itself).
+        for part in dict.fromkeys((stripped, *_PARTS.split(stripped))):
+            if part:
+                candidate = self._digest(part)
+                for known in self._known:
+                    found |= hmac.compare_digest(candidate, known)
+        return found
+
+
+class HeaderKeeper:
+    """One source's kept headers: ``keep`` turns a request's headers into
+    the JSON object stored with its events."""
+
+    __slots__ = ("_names", "_guard", "_max_bytes", "_count_dropped")
+
+    def __init__(self, names: Iterable[str], guard: SecretGuard, max_bytes: int,
+                 count_dropped: DropCounter | None = None) -> None:
+        # Lower-cased once, in order, without repeats or forbidden names.
+        self._names = tuple(dict.fromkeys(n.lower() for n in names if not never_kept(n)))
+        self._guard = guard
+        self._max_bytes = max_bytes
+        self._count_dropped = count_dropped
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self._names
+
+    def keep(self, headers: Headers) -> str:
+        """The kept headers as a JSON object text, ``{"<lower-case name>": "<value>", ...}``."""
+        kept: dict[str, str] = {}
+        room = self._max_bytes
+        for name in self._names:
+            value = headers.get(name)
+            if value is None:
+                continue
+            try:
+                size = len(name) + len(value.encode("utf-8"))
+            except UnicodeEncodeError:  # bytes that were not UTF-8 (aiohttp keeps them as surrogates)
+                self._dropped(DROPPED_ENCODING)
+                continue
+            if self._guard.carries_secret(value):
+                self._dropped(DROPPED_SECRET)
+                continue
+            if size > room:
+                self._dropped(DROPPED_SIZE)
+                continue
+            room -= size
+            kept[name] = value
+        return orjson.dumps(kept).decode("utf-8")
+
+    def _dropped(self, reason: str) -> None:
+        if self._count_dropped is not None:
+            self._count_dropped(reason)
