@@ -2,10 +2,11 @@
 
 Each bench is one module, run as ``python -m bench.NAME``: batch_load, chaos,
 check_result, deadline_overhead, dedup_load, floor, metrics_overhead,
-pgbouncer_cost, throughput, attack_memory, attack_readers, attack_metrics, and
-read_side (a package, one module per part).
+pgbouncer_cost, throughput, attack_memory, attack_readers, attack_metrics, ab,
+feed, and read_side (a package, one module per part).
 What they share has one home each, and imports only point down to it (no
-bench imports another, but throughput takes aiohttp's floor from floor):
+bench imports another, but throughput and ab take aiohttp's floor from floor,
+and ab and feed drive batches with batch_load's):
 
 * plan.py      signed request plans; wrk.py driving a server with wrk;
   python_load.py the Python load generator; point.py one measured ingest point

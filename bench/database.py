@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 
+from bench.local import children, cpu_seconds
 from codex_ingest.storage import migrations
 
 HERE = Path(__file__).resolve().parent
@@ -59,6 +60,26 @@ def embedded_database(prefix: str) -> Iterator[tuple[Any, str, Path]]:
             server.cleanup()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def server_cpu(server: Any) -> dict[int, float]:
+    """CPU seconds (user + system) used so far by each live process of the embedded ``server``: the
+    postmaster and its children (backends, WAL writer, checkpointer, ...). Compare two readings pid
+    by pid (a pid new in the second counts from 0); a process that exits in between takes its share
+    along."""
+    postmaster = server.get_pid()
+    if postmaster is None:
+        return {}
+    used = {}
+    for pid in [postmaster, *children(postmaster)]:
+        with contextlib.suppress(OSError):  # gone since the listing
+            used[pid] = cpu_seconds([pid])
+    return used
+
+
+def cpu_between(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds spent between two ``server_cpu`` readings by the processes alive at the second."""
+    return sum(used - before.get(pid, 0.0) for pid, used in after.items())
 
 
 def pgbench_tps(server: Any, clients: int, seconds: int, script: Path = PGBENCH_UPSERT) -> float:

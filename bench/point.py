@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench.database import checkpoint, count_rows
+from bench.database import checkpoint, count_rows, cpu_between
 from bench.local import cpu_seconds
 from bench.plan import SOURCE, PlannedRequest, build_plan
 from bench.python_load import drive_with_python, run
@@ -57,20 +57,29 @@ def stored_rows(url: str, tenant: str, plan: Sequence[PlannedRequest], sent: int
 
 
 def run_point(url: str, port: int, workers: int, batching: bool, connections: int, seconds: int,
-              duplicates: float, use_wrk: bool, workdir: Path, proc: subprocess.Popen) -> dict:
-    """Drive the service on ``port`` (``proc``, with ``workers`` workers) for one point, and check its rows."""
-    tenant, plan = fresh_plan(seconds, connections, duplicates, use_wrk)
+              duplicates: float, use_wrk: bool, workdir: Path, proc: subprocess.Popen,
+              plan: tuple[str, list[PlannedRequest]] | None = None,
+              database_cpu: Callable[[], dict[int, float]] | None = None) -> dict:
+    """Drive the service on ``port`` (``proc``, with ``workers`` workers) for one point, and check its rows.
+
+    ``plan``: (tenant, requests) to send instead of a fresh one (bench.ab sends both trees the same).
+    ``database_cpu``: a reading of the database server's CPU by pid (bench.database.server_cpu); when
+    given, the point also reports ``db_cpu_us_per_request``."""
+    tenant, requests = plan if plan is not None else fresh_plan(seconds, connections, duplicates, use_wrk)
     pids = worker_pids(proc, workers)
     asyncio.run(checkpoint(url))
+    db_before = database_cpu() if database_cpu is not None else {}
     cpu_before = cpu_seconds(pids)
     if use_wrk:
-        measured = drive_with_wrk(port, plan, tenant, connections, seconds, workdir)
+        measured = drive_with_wrk(port, requests, tenant, connections, seconds, workdir)
     else:
-        measured = drive_with_python(port, plan, connections)
+        measured = drive_with_python(port, requests, connections)
     cpu_us = (cpu_seconds(pids) - cpu_before) / max(measured["completed"], 1) * 1e6
+    db_cpu = {} if database_cpu is None else {"db_cpu_us_per_request": round(
+        cpu_between(db_before, database_cpu()) / max(measured["completed"], 1) * 1e6, 1)}
     if use_wrk:
-        asyncio.run(settle_tail(port, plan, measured["sent"], connections))
-    rows, distinct_sent = stored_rows(url, tenant, plan, measured["sent"])
+        asyncio.run(settle_tail(port, requests, measured["sent"], connections))
+    rows, distinct_sent = stored_rows(url, tenant, requests, measured["sent"])
     return {
         "connections": connections,
         "workers": workers,
@@ -78,6 +87,7 @@ def run_point(url: str, port: int, workers: int, batching: bool, connections: in
         **rate_and_latency(measured),
         "rss_mb_per_worker": worker_rss_mb(proc, workers),
         "cpu_us_per_request": round(cpu_us, 1),
+        **db_cpu,
         "rows_stored": rows,
         "distinct_events_sent": distinct_sent,
         "rows_ok": rows == distinct_sent,
