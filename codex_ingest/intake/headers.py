@@ -12,8 +12,9 @@ Never kept, whatever a table lists: ``Authorization``, ``Cookie``,
 ``Set-Cookie``, ``Proxy-*``, a scheme's header that holds the shared secret
 itself (Clover's ``X-Clover-Auth``), and any header whose value carries one
 of the service's secrets or tokens (a webhook secret, a read or metrics
-token), whole or as one of its comma-, space-, semicolon- or
-equals-separated parts. That check compares keyed digests in constant
+token), whole or as one of its parts (separated by spaces, commas,
+semicolons, ``=``, quotes or ``&``), or starting where a part starts (a
+secret that holds a separator itself: base64 ending in ``=``). That check compares keyed digests in constant
 time, every one, so its time says nothing about a secret.
 
 Their total size is bounded (HEADERS_MAX_BYTES, names and values in UTF-8):
@@ -41,8 +42,10 @@ _NEVER = frozenset({"authorization", "cookie", "set-cookie"})
 _NEVER_PREFIX = "proxy-"
 # An HTTP field name (RFC 9110 token), bounded.
 HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
-# The parts of a value a secret could hide in: "Bearer <t>", "t=..,v1=<s>", "a, b".
-_PARTS = re.compile(r"[\s,;=]+")
+# The parts of a value a secret could hide in: "Bearer <t>", "t=..,v1=<s>", "a, b", 'k="<s>"', "a=1&b=<s>".
+_SEPARATORS = r"\s,;=\"'&"
+_PARTS = re.compile(f"[{_SEPARATORS}]+")
+_PART = re.compile(f"[^{_SEPARATORS}]+")
 
 # Why a header was left out: it would pass HEADERS_MAX_BYTES; its value
 # carries a secret of ours; it is not UTF-8 text (stored JSON must be).
@@ -69,12 +72,17 @@ class SecretGuard:
     length or prefix shows in the time taken.
     """
 
-    __slots__ = ("_keyed", "_known")
+    __slots__ = ("_keyed", "_known", "_spans")
 
     def __init__(self, secrets: Iterable[str]) -> None:
         # A keyed state made once and copied per value: a third cheaper than keying each time.
         self._keyed = hashlib.blake2b(key=os.urandom(32), digest_size=16)
-        self._known = tuple(dict.fromkeys(self._digest(s) for s in secrets if s))
+        held = [s for s in secrets if s]
+        self._known = tuple(dict.fromkeys(self._digest(s) for s in held))
+        # A secret with a separator in it is split with the value: it is looked for as the
+        # text of its length from each part's start instead. Every such length is tried at
+        # every part, whatever the value: what is compared never depends on what matched.
+        self._spans = tuple(sorted({len(s) for s in held if _PARTS.search(s)}))
 
     def _digest(self, text: str) -> bytes:
         state = self._keyed.copy()
@@ -85,13 +93,18 @@ class SecretGuard:
         if not self._known:
             return False
         stripped = value.strip()
+        candidates = dict.fromkeys((stripped, *_PARTS.split(stripped)))
+        if self._spans:
+            for part in _PART.finditer(stripped):
+                for length in self._spans:
+                    candidates[stripped[part.start():part.start() + length]] = None
         found = False
         # The whole value and each part of it, once each ("application/json" is one part, itself).
-        for part in dict.fromkeys((stripped, *_PARTS.split(stripped))):
-            if part:
-                candidate = self._digest(part)
+        for candidate in candidates:
+            if candidate:
+                digest = self._digest(candidate)
                 for known in self._known:
-                    found |= hmac.compare_digest(candidate, known)
+                    found |= hmac.compare_digest(digest, known)
         return found
 
 

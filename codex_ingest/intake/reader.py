@@ -103,21 +103,21 @@ class EventReader:
             read = scheme.read(headers, body)
         if isinstance(read, Handshake):
             return read
-        kept = admitted.keeper.keep(headers)  # verified: only now is anything of the request kept
-        events = [_event(delivery, admitted, kept) for delivery in read]
+        tenants = [_tenant(delivery, admitted) for delivery in read]
         if admitted.limiter is not None:
             # Verified: now the tenant's tokens may be spent (the provider may
             # name the tenant in the body: known only now), before the database.
-            for tenant in dict.fromkeys(e.tenant_id for e in events):
+            for tenant in dict.fromkeys(tenants):
                 admitted.limiter.check(tenant, admitted.source)
-        return events
+        # Verified and admitted: only now is anything of the request's headers kept.
+        kept = admitted.keeper.keep(headers)
+        return [_event(delivery, admitted, tenant, kept) for delivery, tenant in zip(read, tenants, strict=True)]
 
     def read_batch(self, admitted: Admitted, headers: Headers, body: bytes, *, max_items: int,
                    max_item_bytes: int) -> list[IncomingEvent | InvalidItem]:
         """Verify a batch's signature over the whole body, then each item as an event or why it is invalid."""
         scheme, tenant = admitted.scheme, admitted.tenant
         assert isinstance(scheme, GenericScheme) and tenant is not None  # admit(batch=True)
-        early = admitted.keeper.keep(headers)
         scheme.verify(headers, body, Target(tenant, admitted.source, batch=True))
         if admitted.limiter is not None:
             admitted.limiter.check(tenant, admitted.source)
@@ -126,10 +126,14 @@ class EventReader:
                                 max_items=max_items, max_item_bytes=max_item_bytes)
 
 
-def _event(delivery: Delivery, admitted: Admitted, headers: str) -> IncomingEvent:
+def _tenant(delivery: Delivery, admitted: Admitted) -> str:
     tenant = admitted.tenant if admitted.tenant is not None else delivery.tenant
     if tenant is None:
         raise InvalidTenant("this provider names no tenant for this event: send X-Tenant-Id or ?tenant=")
+    return tenant
+
+
+def _event(delivery: Delivery, admitted: Admitted, tenant: str, headers: str) -> IncomingEvent:
     digest = hashlib.sha256(delivery.body).digest()
     return IncomingEvent(
         tenant_id=tenant,

@@ -171,25 +171,17 @@ class EventLog:
                 if after is not None:
                     # $1 tenant_id[], or None: every tenant
                     _check_not_expired(after, await conn.fetchrow(self._feed_horizon, tenant_list))
-                if tenant_list is None:
-                    rows = await conn.fetch(
-                        self._read_feed,
-                        source,               # $1 source, or None for every source
-                        str(position.xact),   # $2 after xact
-                        position.id,          # $3 after id
-                        limit,                # $4 limit
-                        max_bytes,            # $5 most bytes of bodies, or None for no cap
-                    )
-                else:
-                    rows = await conn.fetch(
-                        self._read_feed_of,
-                        tenant_list,          # $1 tenant_id[]
-                        source,               # $2 source, or None for every source
-                        str(position.xact),   # $3 after xact
-                        position.id,          # $4 after id
-                        limit,                # $5 limit
-                        max_bytes,            # $6 most bytes of bodies, or None for no cap
-                    )
+                # read_feed_of takes the tenants first ($1); read_feed reads every tenant and has no $1.
+                statement, scope = (self._read_feed, ()) if tenant_list is None else (self._read_feed_of, (tenant_list,))
+                rows = await conn.fetch(
+                    statement,
+                    *scope,               # [$1 tenant_id[]]
+                    source,               # source, or None for every source
+                    str(position.xact),   # after xact
+                    position.id,          # after id
+                    limit,                # limit
+                    max_bytes,            # most bytes of bodies, or None for no cap
+                )
         return _within_cap(rows)
 
     async def horizon_lag(self) -> float:

@@ -89,7 +89,7 @@ class ServiceMetrics:
         )
         self._headers_dropped = Counter(
             "codex_ingest_headers_dropped",
-            "Request headers a source keeps that were left out of the stored event, by why "
+            "Request headers a source keeps that were left out of a verified request's events, by why "
             "(size: past HEADERS_MAX_BYTES; secret: the value carries one of ours; encoding: not UTF-8).",
             ["reason"],
             registry=registry,
