@@ -250,11 +250,16 @@ def test_quickstart_runs_as_written(quickstart_db: str, workdir: Path) -> None:
     assert [tuple(r[:3]) for r in rows] == EXPECTED_ROWS
     assert {source: bytes(body) for _, source, _, body in rows} == posted
 
-    # The read and the consumer print the first webhook's event, key evt_1.
+    # The read prints the first webhook's event, key evt_1; the consumer reads the combined feed:
+    # every tenant's event once, in the order posted, each under its topic (from the body's "type"
+    # or X-Shopify-Topic).
     read = json.loads(outputs["Read it back"][0])
     assert [(e["tenant_id"], e["idempotency_key"]) for e in read["events"]] == [("shop-1", "evt_1")]
     assert outputs["Read it back"][1] == posted["orders"].decode() + "\n"  # body_base64 decoded: the bytes sent
     printed = [json.loads(line) for line in outputs["A consumer"][0].splitlines()]
-    assert [(e["idempotency_key"], e["body"]) for e in printed] == [("evt_1", json.loads(posted["orders"]))]
-    assert (workdir / "shop-1.cursor").read_text().strip() == read["next_cursor"]
-    assert not (set(os.listdir(workdir)) - {".venv", "examples", "sources.toml", "shop-1.cursor"})
+    assert [(e["tenant_id"], e["source"], e["idempotency_key"]) for e in printed] == EXPECTED_ROWS
+    # Each under its topic: the body's "type", or, for Shopify, the X-Shopify-Topic header the page sends.
+    assert [e["topic"] for e in printed] == [
+        "orders/create" if e["source"] == "shopify" else json.loads(posted[e["source"]])["type"] for e in printed]
+    assert (workdir / "feed.cursor").read_text().split()[0] == "feed"
+    assert not (set(os.listdir(workdir)) - {".venv", "examples", "sources.toml", "feed.cursor"})
