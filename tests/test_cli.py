@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -111,3 +112,52 @@ def test_serve_on_embedded_postgres_keeps_data_across_restarts(tmp_path: Path) -
     assert code == 0
     assert status == 200
     assert doc["event_id"] == event_id
+
+
+# -- export --all-tenants --------------------------------------------------------------------------
+
+# (tenant, source, key, xact) in id order. The delivery order, (xact, id), is
+# neither the id order, nor by tenant, nor the xacts' text order ('100' < '99').
+EXPORTED_ROWS = [
+    ("shop-b", "orders", "k-1", "300"),
+    ("shop-a", "orders", "k-2", "100"),
+    ("shop-c", "refunds", "k-3", "200"),
+    ("shop-a", "refunds", "k-4", "300"),
+    ("shop-b", "orders", "k-5", "99"),
+]
+
+
+async def test_export_all_tenants_writes_every_tenants_events_in_delivery_order(db, database_url: str) -> None:
+    for n, (tenant, source, key, xact) in enumerate(EXPORTED_ROWS, start=1):
+        await db.execute(
+            "INSERT INTO events (tenant_id, source, idempotency_key, body_sha256, body, content_type, xact)"
+            " VALUES ($1, $2, $3, $4, $5, 'application/json', $6::text::xid8)",
+            tenant, source, key, bytes(32), b'{"n":%d}' % n, xact)
+    order = [(r["tenant_id"], r["idempotency_key"]) for r in await db.fetch("SELECT * FROM events ORDER BY xact, id")]
+    assert order == [("shop-b", "k-5"), ("shop-a", "k-2"), ("shop-c", "k-3"), ("shop-b", "k-1"), ("shop-a", "k-4")]
+
+    result = await asyncio.to_thread(run_cli, "export", "--all-tenants", "--database-url", database_url)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(e["tenant_id"], e["idempotency_key"]) for e in lines] == order
+    assert [e["event_id"] for e in lines] == [5, 2, 3, 1, 4]
+    assert set(lines[0]) == {"event_id", "tenant_id", "source", "idempotency_key", "received_at", "content_type",
+                             "headers", "body_base64"}
+
+    refunds = await asyncio.to_thread(run_cli, "export", "--all-tenants", "--source", "refunds",
+                                      "--database-url", database_url)
+    assert refunds.returncode == 0, refunds.stderr
+    assert [(e["tenant_id"], e["idempotency_key"]) for e in map(json.loads, refunds.stdout.splitlines())] == \
+        [("shop-c", "k-3"), ("shop-a", "k-4")]
+
+
+@pytest.mark.parametrize("whose, said", [
+    (["--tenant", "shop-a", "--all-tenants"], "not allowed with"),
+    ([], "one of the arguments --tenant --all-tenants is required"),
+])
+def test_export_takes_exactly_one_of_tenant_and_all_tenants(whose: list[str], said: str) -> None:
+    result = run_cli("export", *whose, "--database-url", "postgresql://unused@127.0.0.1:1/x")
+    assert result.returncode == 2
+    assert said in result.stderr, result.stderr
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr

@@ -34,8 +34,80 @@ CONTRACT = "tests/web/test_ingest_contract.py"
 DB_ERRORS = "tests/storage/test_db_errors.py::test_each_sqlstate_is_answered_by_the_rule_and_the_retry_is_stored_once"
 READ_API = "tests/web/test_read_api.py"
 ORDER = "tests/storage/test_delivery_order.py"
+FEED = "tests/web/test_feed.py"
+FEED_ORDER = "tests/storage/test_feed_order.py"
+HEADERS = "tests/intake/test_headers.py"
+STORED_HEADERS = "tests/web/test_stored_headers.py"
 
 MUTANTS: tuple[Mutant, ...] = (
+    # -- the combined feed: the same promises across tenants -----------------------------------
+    Mutant(
+        "feed-past-the-delivery-horizon",
+        "the combined feed serves only rows older than every running transaction: a late commit of one "
+        "tenant is never skipped",
+        "sql/read.sql",
+        "  AND (xact, id) > ($2::text::xid8, $3::bigint)\n  AND xact < (SELECT pg_snapshot_xmin(pg_current_snapshot()))\n",
+        "  AND (xact, id) > ($2::text::xid8, $3::bigint)\n",
+        (f"{FEED_ORDER}::test_an_event_that_commits_late_is_read_once_by_the_feed_and_skipped_by_id",),
+    ),
+    Mutant(
+        "feed-cursor-of-either-kind",
+        "the feed's cursors are its own: one tenant's cursor cannot continue the feed, nor the other way",
+        "codex_ingest/storage/delivery.py",
+        "if (match.group(1) is not None) != feed:",
+        "if False:",
+        (f"{FEED}::test_a_feed_cursor_is_refused_by_a_tenant_read_and_a_tenant_cursor_by_the_feed",),
+    ),
+    Mutant(
+        "feed-expired-by-the-oldest-horizon",
+        "a feed cursor behind the last event purged of any of its tenants is 410",
+        "sql/read.sql",
+        "ORDER BY xact DESC, id DESC\nLIMIT 1;",
+        "ORDER BY xact, id\nLIMIT 1;",
+        (f"{FEED}::test_a_feed_cursor_behind_an_event_purged_of_any_of_its_tenants_is_410",),
+    ),
+    Mutant(
+        "scoped-feed-reads-every-tenant",
+        "a token scoped to some tenants reads exactly those in its feed",
+        "sql/read.sql",
+        "        WHERE tenant_id = t.tenant_id\n",
+        "        WHERE true\n",
+        (f"{FEED}::test_a_star_token_reads_every_tenant_and_a_scoped_token_exactly_its_own_in_the_global_order",),
+    ),
+    # -- stored headers: what a consumer needs, never a credential -------------------------------
+    Mutant(
+        "headers-keep-a-secret",
+        "a header whose value carries one of the service's secrets or tokens is never stored",
+        "codex_ingest/intake/headers.py",
+        "            if self._guard.carries_secret(value):",
+        "            if False:",
+        (f"{HEADERS}::test_a_value_carrying_a_secret_whole_or_as_a_part_is_dropped_and_counted",
+         f"{STORED_HEADERS}::test_a_header_carrying_a_token_or_secret_of_ours_is_not_stored_and_is_counted"),
+    ),
+    Mutant(
+        "headers-keep-credentials",
+        "Authorization, Cookie and Proxy-* are never stored",
+        "codex_ingest/intake/headers.py",
+        "    return lowered in _NEVER or lowered.startswith(_NEVER_PREFIX)",
+        "    return False",
+        (f"{HEADERS}::test_forbidden_names_are_never_kept_even_when_a_keeper_is_given_them",),
+    ),
+    Mutant(
+        "headers-unbounded",
+        "the headers stored with an event are bounded by HEADERS_MAX_BYTES",
+        "codex_ingest/intake/headers.py",
+        "            if size > room:",
+        "            if False:",
+        (f"{STORED_HEADERS}::test_an_oversized_set_of_headers_is_accepted_the_schemes_own_kept_the_rest_dropped_and_counted",),
+    ),
+    Mutant(
+        "headers-not-read-back",
+        "GET /events shows each event's stored headers (a consumer re-verifies from them)",
+        "codex_ingest/web/read.py",
+        '"headers": None if event.headers is None else orjson.Fragment(event.headers),',
+        '"headers": None,',
+        ("tests/test_reverify.py",),
+    ),
     # -- signatures: constant time, whole digests, every key ---------------------------------
     Mutant(
         "hmac-eq-not-compare-digest",
