@@ -84,20 +84,23 @@ FROM next
 WINDOW page AS (ORDER BY xact, id ROWS UNBOUNDED PRECEDING)
 ORDER BY xact, id;
 
--- name: purge_horizon
--- The last (xact, id) retention deleted for a tenant: (xact text, id), or no row.
--- params: $1 tenant_id
-SELECT xact::text AS xact, id FROM purge_horizons WHERE tenant_id = $1;
-
--- name: feed_purge_horizon
--- The latest (xact, id) retention deleted among some tenants (NULL: every
--- tenant): (xact text, id), or no row. A feed cursor before it may have
--- missed a deleted event of one of them.
--- params: $1 tenant_id[] (NULL: every tenant)
-SELECT xact::text AS xact, id FROM purge_horizons
-WHERE $1::text[] IS NULL OR tenant_id = ANY($1::text[])
-ORDER BY xact DESC, id DESC
-LIMIT 1;
+-- name: purge_state
+-- Whether retention deleted, after a cursor, an event the reader had not
+-- seen gone, and the stamp for the cursors this read gives out:
+-- (stamp: this snapshot's xmin, as text; expired). Among the tenants read
+-- ($1; NULL: every tenant), a horizon past the cursor expires it when the
+-- purge that moved it ($generation) may have ended after the read that made
+-- the cursor began (not below that read's stamp). Runs in the read's
+-- REPEATABLE READ READ ONLY transaction, in the page's own snapshot: a purge
+-- cannot land between this check and the page.
+-- params: $1 tenant_id[] (NULL: every tenant), $2 after xact (text), $3 after id, $4 the cursor's stamp (text)
+SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS stamp,
+       EXISTS (
+           SELECT 1 FROM purge_horizons
+           WHERE ($1::text[] IS NULL OR tenant_id = ANY($1::text[]))
+             AND generation >= $4::text::xid8
+             AND (xact, id) > ($2::text::xid8, $3::bigint)
+       ) AS expired;
 
 -- name: export_events
 -- One tenant's events received in [since, until), in delivery order, for a

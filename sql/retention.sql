@@ -4,7 +4,8 @@
 -- Deletes up to $2 events received before $1, oldest ids first, in one
 -- short transaction, and moves each touched tenant's purge horizon to the
 -- last (xact, id) deleted, so a cursor before it gets 410 instead of
--- skipping. SKIP LOCKED: workers purging at once share the work. Returns
+-- skipping, and records this chunk's transaction as the one that moved it
+-- (generation: a reader that began after it ended is not told 410 by it). SKIP LOCKED: workers purging at once share the work. Returns
 -- the number of rows deleted (0: done).
 -- params: $1 older than (timestamptz), $2 chunk rows
 WITH doomed AS (
@@ -18,9 +19,9 @@ WITH doomed AS (
     FROM doomed
     ORDER BY tenant_id, xact DESC, id DESC
 ), moved AS (
-    INSERT INTO purge_horizons AS h (tenant_id, xact, id)
-    SELECT tenant_id, xact, id FROM last_per_tenant
-    ON CONFLICT (tenant_id) DO UPDATE SET xact = EXCLUDED.xact, id = EXCLUDED.id
+    INSERT INTO purge_horizons AS h (tenant_id, xact, id, generation)
+    SELECT tenant_id, xact, id, pg_current_xact_id() FROM last_per_tenant
+    ON CONFLICT (tenant_id) DO UPDATE SET xact = EXCLUDED.xact, id = EXCLUDED.id, generation = EXCLUDED.generation
     WHERE (h.xact, h.id) < (EXCLUDED.xact, EXCLUDED.id)
 )
 SELECT count(*) FROM doomed;

@@ -20,7 +20,7 @@ import binascii
 import itertools
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import asyncpg
@@ -30,7 +30,7 @@ from codex_ingest.settings import parse_ascii_int
 from codex_ingest.storage.dberrors import ErrorCounter, translated
 from codex_ingest.storage.queries import Queries
 
-_CURSOR_TEXT = re.compile(r"(f:)?([0-9]{1,20}):([0-9]{1,19})")
+_CURSOR_TEXT = re.compile(r"(f:)?([0-9]{1,20}):([0-9]{1,19})(?::([0-9]{1,20}))?")
 # A combined feed's cursor says so ("f:" before the numbers): continuing the
 # feed from one tenant's cursor would skip the other tenants' events before
 # it, and a tenant's read from a feed cursor is as wrong the other way.
@@ -39,7 +39,7 @@ _FEED_MARK = "f:"
 # sees them: xact is xid8 (unsigned 64-bit), id is bigint (signed 64-bit).
 _XID8_MAX = 2**64 - 1
 _BIGINT_MAX = 2**63 - 1
-_CURSOR_MAX_CHARS = 64
+_CURSOR_MAX_CHARS = 96  # "f:" and three numbers of up to 20 digits, in base64
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -49,9 +49,13 @@ class Cursor:
 
     xact: int
     id: int
+    # The delivery horizon (snapshot xmin) of the read that gave the cursor out: a purge
+    # whose transaction is below it had ended before that read (sql/read.sql purge_state).
+    # 0, for a cursor made before stamps existed: every purge counts against it.
+    stamp: int = field(default=0, compare=False)
 
     def encode(self, *, feed: bool = False) -> str:
-        text = f"{_FEED_MARK if feed else ''}{self.xact}:{self.id}"
+        text = f"{_FEED_MARK if feed else ''}{self.xact}:{self.id}:{self.stamp}"
         return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
     @classmethod
@@ -75,8 +79,9 @@ class Cursor:
                     "after is a next_cursor of one tenant's read: the combined feed (no tenant) has cursors of its own",
                 )
             xact, id_ = parse_ascii_int(match.group(2), max_digits=20), parse_ascii_int(match.group(3), max_digits=19)
-            if xact <= _XID8_MAX and id_ <= _BIGINT_MAX:
-                return cls(xact, id_)
+            stamp = 0 if match.group(4) is None else parse_ascii_int(match.group(4), max_digits=20)
+            if xact <= _XID8_MAX and id_ <= _BIGINT_MAX and stamp <= _XID8_MAX:
+                return cls(xact, id_, stamp)
         raise InvalidParameter("invalid_cursor", "after must be a next_cursor this service returned")
 
 
@@ -110,6 +115,12 @@ def _event(row: asyncpg.Record) -> StoredEvent:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Page:
+    events: list[StoredEvent]
+    next_cursor: Cursor  # after the last event, or where the read began; stamped by this read
+
+
 class EventLog:
     """Pages of a tenant's events, or of the combined feed, after a cursor, through the pool."""
 
@@ -121,8 +132,7 @@ class EventLog:
         self._read = queries.sql("read_events")
         self._read_feed = queries.sql("read_feed")
         self._read_feed_of = queries.sql("read_feed_of")
-        self._horizon = queries.sql("purge_horizon")
-        self._feed_horizon = queries.sql("feed_purge_horizon")
+        self._purge_state = queries.sql("purge_state")
         self._horizon_lag = queries.sql("horizon_lag")
         self._oldest_age = queries.sql("oldest_event_age")
         self._acquire_timeout = acquire_timeout
@@ -131,58 +141,61 @@ class EventLog:
 
     async def page(
         self, tenant: str, source: str | None, after: Cursor | None, limit: int, max_bytes: int | None = None,
-    ) -> list[StoredEvent]:
-        """Up to ``limit`` deliverable events after ``after`` (None: from the first retained one),
-        and no more than ``max_bytes`` of bodies (None: no cap), except that the first event
-        always comes, however large: the page ends before the event that would pass the cap.
+    ) -> Page:
+        """Up to ``limit`` deliverable events of ``tenant`` after ``after`` (None: from the first
+        retained one), and no more than ``max_bytes`` of bodies (None: no cap), except that the
+        first event always comes, however large: the page ends before the event that would pass it.
 
         The cap is applied by the database (sql/read.sql): bodies past it are
         neither read from storage nor sent. Raises CursorExpired (410) when
-        retention deleted events of this tenant after ``after``: continuing
-        would skip them.
+        retention deleted events of this tenant after ``after`` that the read
+        which made it could still have seen: continuing would skip them.
         """
-        position = after or START
-        with translated(self._retry_after, self._count_error):
-            async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
-                if after is not None:
-                    _check_not_expired(after, await conn.fetchrow(self._horizon, tenant))  # $1 tenant_id
-                rows = await conn.fetch(
-                    self._read,
-                    tenant,               # $1 tenant_id
-                    source,               # $2 source, or None for every source
-                    str(position.xact),   # $3 after xact
-                    position.id,          # $4 after id
-                    limit,                # $5 limit
-                    max_bytes,            # $6 most bytes of bodies, or None for no cap
-                )
-        return _within_cap(rows)
+        return await self._page([tenant], self._read, (tenant,), source, after, limit, max_bytes)
 
     async def feed_page(
         self, tenants: frozenset[str] | None, source: str | None, after: Cursor | None, limit: int,
         max_bytes: int | None = None,
-    ) -> list[StoredEvent]:
+    ) -> Page:
         """The combined feed: like ``page``, over every tenant (``tenants`` None) or
-        over ``tenants``, in one delivery order. CursorExpired (410) when retention
-        deleted an event of any of them after ``after``."""
+        over ``tenants``, in one delivery order. CursorExpired (410) as ``page``, for
+        an event of any of them."""
+        if tenants is None:
+            return await self._page(None, self._read_feed, (), source, after, limit, max_bytes)
+        tenant_list = sorted(tenants)
+        return await self._page(tenant_list, self._read_feed_of, (tenant_list,), source, after, limit, max_bytes)
+
+    async def _page(
+        self, tenants: list[str] | None, statement: str, scope: tuple[object, ...], source: str | None,
+        after: Cursor | None, limit: int, max_bytes: int | None,
+    ) -> Page:
         position = after or START
         with translated(self._retry_after, self._count_error):
             async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
-                tenant_list = None if tenants is None else sorted(tenants)
-                if after is not None:
-                    # $1 tenant_id[], or None: every tenant
-                    _check_not_expired(after, await conn.fetchrow(self._feed_horizon, tenant_list))
-                # read_feed_of takes the tenants first ($1); read_feed reads every tenant and has no $1.
-                statement, scope = (self._read_feed, ()) if tenant_list is None else (self._read_feed_of, (tenant_list,))
-                rows = await conn.fetch(
-                    statement,
-                    *scope,               # [$1 tenant_id[]]
-                    source,               # source, or None for every source
-                    str(position.xact),   # after xact
-                    position.id,          # after id
-                    limit,                # limit
-                    max_bytes,            # most bytes of bodies, or None for no cap
-                )
-        return _within_cap(rows)
+                # One snapshot for the check and the page: a purge cannot commit between them.
+                # Read only, it takes no xid, and delays nobody's delivery.
+                async with conn.transaction(isolation="repeatable_read", readonly=True):
+                    state = await conn.fetchrow(
+                        self._purge_state,
+                        tenants,              # $1 tenant_id[], or None: every tenant
+                        str(position.xact),   # $2 after xact
+                        position.id,          # $3 after id
+                        str(position.stamp),  # $4 the cursor's stamp
+                    )
+                    if after is not None and state["expired"]:
+                        raise CursorExpired()
+                    rows = await conn.fetch(
+                        statement,
+                        *scope,               # read_events: $1 tenant_id; read_feed_of: $1 tenant_id[]
+                        source,               # source, or None for every source
+                        str(position.xact),   # after xact
+                        position.id,          # after id
+                        limit,                # limit
+                        max_bytes,            # most bytes of bodies, or None for no cap
+                    )
+        events = _within_cap(rows)
+        last = events[-1].cursor if events else position
+        return Page(events, Cursor(last.xact, last.id, int(state["stamp"])))
 
     async def horizon_lag(self) -> float:
         with translated(self._retry_after, self._count_error):
@@ -194,12 +207,6 @@ class EventLog:
             async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
                 age = await conn.fetchval(self._oldest_age)
         return None if age is None else float(age)
-
-
-def _check_not_expired(after: Cursor, horizon: asyncpg.Record | None) -> None:
-    """CursorExpired (410) when retention deleted an event after ``after`` (``horizon``: the last it deleted)."""
-    if horizon is not None and after < Cursor(int(horizon["xact"]), horizon["id"]):
-        raise CursorExpired()
 
 
 def _within_cap(rows: list[asyncpg.Record]) -> list[StoredEvent]:

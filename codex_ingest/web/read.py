@@ -24,7 +24,7 @@ from aiohttp import web
 from codex_ingest.errors import InvalidParameter, InvalidSource, InvalidTenant
 from codex_ingest.intake.checks import SOURCE_PATTERN, TENANT_PATTERN
 from codex_ingest.settings import parse_ascii_decimal, parse_ascii_int
-from codex_ingest.storage.delivery import START, Cursor, StoredEvent
+from codex_ingest.storage.delivery import Cursor, Page, StoredEvent
 from codex_ingest.web.appkeys import EVENT_LOG, HEAD_WATCH, METRICS, READ_AUTH, SETTINGS
 from codex_ingest.web.responses import json_response
 
@@ -99,7 +99,7 @@ async def read_events(request: web.Request) -> web.Response:
     watch = app[HEAD_WATCH]
     max_bytes = settings.read_page_max_bytes
 
-    async def read_page() -> list[StoredEvent]:
+    async def read_page() -> Page:
         if tenant is None:
             return await log.feed_page(scope, source, after, limit, max_bytes)
         return await log.page(tenant, source, after, limit, max_bytes)
@@ -107,8 +107,8 @@ async def read_events(request: web.Request) -> web.Response:
     headers = NO_STORE
     # Marked before each read: a commit announced while the read runs is not missed by the wait after it.
     since = watch.mark()
-    events = await read_page()
-    if not events and wait > 0:
+    page = await read_page()
+    if not page.events and wait > 0:
         with watch.place(settings.read_max_waiting) as waiting:
             if not waiting:
                 # Every waiting reader re-reads at every write: past the cap, the
@@ -118,16 +118,15 @@ async def read_events(request: web.Request) -> web.Response:
             else:
                 loop = asyncio.get_running_loop()
                 deadline = loop.time() + wait
-                while not events and (remaining := deadline - loop.time()) > 0:
+                while not page.events and (remaining := deadline - loop.time()) > 0:
                     # Woken by a NOTIFY, or the time is up: read again either way.
                     await watch.wait(remaining, since)
                     # A few at a time (storage/notify.py): the writes must not queue behind the crowd.
                     async with watch.rereads:
                         since = watch.mark()
-                        events = await read_page()
-    app[METRICS].served(len(events))
-    next_cursor = events[-1].cursor if events else (after or START)
+                        page = await read_page()
+    app[METRICS].served(len(page.events))
     return json_response(
-        {"events": [event_document(e) for e in events], "next_cursor": next_cursor.encode(feed=feed)},
+        {"events": [event_document(e) for e in page.events], "next_cursor": page.next_cursor.encode(feed=feed)},
         headers=headers,
     )

@@ -6,7 +6,7 @@
 -- way inside one server: tests/storage/test_partitioned_schema.py runs the
 -- service's own write path and cursor read on it unchanged.
 --
--- What changes against migrations/0001 to 0004:
+-- What changes against migrations/0001 to 0005:
 -- * Every unique index must contain the distribution column. The dedup key
 --   (tenant_id, source, idempotency_key) already does, so ON CONFLICT is
 --   decided on one shard. The primary key becomes (tenant_id, id).
@@ -41,5 +41,6 @@ CREATE INDEX events_feed ON events (xact, id);
 CREATE TABLE purge_horizons (
     tenant_id text   PRIMARY KEY,
     xact      xid8   NOT NULL,
-    id        bigint NOT NULL
+    id        bigint NOT NULL,
+    generation xid8  NOT NULL DEFAULT '0'
 );

@@ -76,9 +76,9 @@ async def test_the_cursor_reads_each_tenant_once_in_order_and_purge_keeps_its_ho
     for tenant in TENANTS[:4]:
         seen: list[str] = []
         cursor = None
-        while page := await log.page(tenant, None, cursor, 2):
-            seen += [e.idempotency_key for e in page]
-            cursor = page[-1].cursor
+        while (page := await log.page(tenant, None, cursor, 2)).events:
+            seen += [e.idempotency_key for e in page.events]
+            cursor = page.next_cursor
         assert seen == ["k-0", "k-1", "k-2"]
     await conn.execute("UPDATE events SET received_at = now() - interval '2 days' WHERE idempotency_key = 'k-0'")
     assert await purge(conn, load_queries(), 86400) == len(TENANTS)

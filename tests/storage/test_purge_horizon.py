@@ -54,7 +54,7 @@ async def position(db: asyncpg.Connection, event_id: int) -> tuple[int, int]:
 
 
 async def horizon(db: asyncpg.Connection, queries: Queries) -> tuple[int, int] | None:
-    row = await db.fetchrow(queries.sql("purge_horizon"), TENANT)  # $1 tenant_id
+    row = await db.fetchrow("SELECT xact::text AS xact, id FROM purge_horizons WHERE tenant_id = $1", TENANT)
     return None if row is None else (int(row["xact"]), row["id"])
 
 

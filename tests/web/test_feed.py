@@ -335,10 +335,40 @@ async def test_a_scoped_feed_is_not_expired_by_the_purge_of_a_tenant_it_does_not
     a2 = await post(reader, 3, "shop-a")
     first = await feed(reader, AB, limit=1)
     assert [e["event_id"] for e in first["events"]] == [a1]
-    assert await purge_ids(db, [c1]) == 1  # shop-c's horizon is now after AB's cursor
-    assert [e["event_id"] for e in (await feed(reader, AB, after=first["next_cursor"]))["events"]] == [a2]
-    # The same cursor position is 410 for a feed that covers shop-c.
     everyone = await feed(reader, ALL, limit=1)
     assert [e["event_id"] for e in everyone["events"]] == [a1]
+    assert await purge_ids(db, [c1]) == 1  # shop-c's horizon is now after both cursors
+    assert [e["event_id"] for e in (await feed(reader, AB, after=first["next_cursor"]))["events"]] == [a2]
+    # The same position is 410 for a feed that covers shop-c: its reader had not read c1, now gone.
     assert (await get(reader, ALL, after=everyone["next_cursor"])).status == 410
     assert (await get(reader, C, after=everyone["next_cursor"])).status == 410
+
+
+async def test_a_reader_that_began_after_a_purge_is_never_expired_by_it(reader, db) -> None:
+    # c1 is purged before the reader's first page: a fresh read starts after the purge and
+    # never had c1 to miss. Its cursor, at a1, is below shop-c's horizon all the same.
+    a1 = await post(reader, 1, "shop-a")
+    c1 = await post(reader, 2, "shop-c")
+    a2 = await post(reader, 3, "shop-a")
+    c2 = await post(reader, 4, "shop-c")
+    assert await purge_ids(db, [c1]) == 1
+    first = await feed(reader, ALL, limit=1)
+    assert [e["event_id"] for e in first["events"]] == [a1]
+    following = await get(reader, ALL, after=first["next_cursor"])
+    assert following.status == 200, await following.text()
+    assert [e["event_id"] for e in (await following.json())["events"]] == [a2, c2]
+    # A later purge that moves the same tenant's horizon past the cursor, over c2 the reader
+    # had not read from it, expires it.
+    assert await purge_ids(db, [c2]) == 1
+    assert (await get(reader, ALL, after=first["next_cursor"])).status == 410
+
+
+async def test_an_empty_first_read_after_everything_was_purged_is_not_expired_by_that_purge(reader, db) -> None:
+    a1 = await post(reader, 1, "shop-a")
+    assert await purge_ids(db, [a1]) == 1
+    empty = await feed(reader, ALL)
+    assert empty["events"] == []
+    again = await get(reader, ALL, after=empty["next_cursor"])
+    assert again.status == 200, await again.text()
+    a2 = await post(reader, 2, "shop-a")
+    assert [e["event_id"] for e in (await feed(reader, ALL, after=empty["next_cursor"]))["events"]] == [a2]

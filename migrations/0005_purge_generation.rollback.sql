@@ -1,0 +1,1 @@
+ALTER TABLE purge_horizons DROP COLUMN generation;
