@@ -70,9 +70,20 @@ class SecretGuard:
     never the secrets, and compares a value's digests with every one of them
     with hmac.compare_digest, with no early exit: equal lengths, no secret's
     length or prefix shows in the time taken.
+
+    Most values carry no secret, and that work (a digest per part) would be
+    paid on every request. So a screen comes first: Python's own string hash
+    (SipHash, keyed per process at random) of each part, looked up among the
+    secrets' hashes. No text is compared there, only 64-bit keyed hashes, and
+    a part passes the screen only when it hashes like a secret, which in
+    practice means it is one: the time a value takes says whether it carried a
+    secret whole, never how much of one it matched. Past the screen the
+    digests are compared as above. (A secret that holds a separator is looked
+    for by length from each part's start, and skips the screen: every value is
+    then digested.)
     """
 
-    __slots__ = ("_keyed", "_known", "_spans")
+    __slots__ = ("_keyed", "_known", "_spans", "_screen")
 
     def __init__(self, secrets: Iterable[str]) -> None:
         # A keyed state made once and copied per value: a third cheaper than keying each time.
@@ -83,6 +94,7 @@ class SecretGuard:
         # text of its length from each part's start instead. Every such length is tried at
         # every part, whatever the value: what is compared never depends on what matched.
         self._spans = tuple(sorted({len(s) for s in held if _PARTS.search(s)}))
+        self._screen = frozenset(hash(s) for s in held)
 
     def _digest(self, text: str) -> bytes:
         state = self._keyed.copy()
@@ -93,11 +105,20 @@ class SecretGuard:
         if not self._known:
             return False
         stripped = value.strip()
-        candidates = dict.fromkeys((stripped, *_PARTS.split(stripped)))
-        if self._spans:
-            for part in _PART.finditer(stripped):
-                for length in self._spans:
-                    candidates[stripped[part.start():part.start() + length]] = None
+        parts = _PARTS.split(stripped)
+        if not self._spans:
+            screen = self._screen
+            for part in parts:
+                if hash(part) in screen:
+                    break
+            else:
+                if hash(stripped) not in screen:
+                    return False
+        # Past the screen (or with secrets holding a separator): every candidate, every digest.
+        candidates = dict.fromkeys((stripped, *parts))
+        for part in _PART.finditer(stripped):
+            for length in self._spans:
+                candidates[stripped[part.start():part.start() + length]] = None
         found = False
         # The whole value and each part of it, once each ("application/json" is one part, itself).
         for candidate in candidates:
