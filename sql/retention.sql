@@ -5,8 +5,9 @@
 -- short transaction, and moves each touched tenant's purge horizon to the
 -- last (xact, id) deleted, so a cursor before it gets 410 instead of
 -- skipping, and records this chunk's transaction as the one that moved it
--- (generation: a reader that began after it ended is not told 410 by it). SKIP LOCKED: workers purging at once share the work. Returns
--- the number of rows deleted (0: done).
+-- (generation: a reader that began after it ended is not told 410 by it).
+-- SKIP LOCKED: workers purging at once share the work. Returns the number
+-- of rows deleted (0: done).
 -- params: $1 older than (timestamptz), $2 chunk rows
 WITH doomed AS (
     DELETE FROM events
