@@ -19,7 +19,7 @@ from typing import NoReturn
 from codex_ingest import __version__
 from codex_ingest.cli.common import EXIT_CONFIG, EXIT_FAILURE
 from codex_ingest.cli.data import export, migrate, purge
-from codex_ingest.cli.serve import serve
+from codex_ingest.cli.serve import check_config, serve
 from codex_ingest.cli.smoke import DEFAULT_SOURCE, DEFAULT_TENANT, DEFAULT_TIMEOUT, smoke
 from codex_ingest.settings import (
     MIGRATE_OPTIONS,
@@ -62,11 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve the ingest API (POST /pos/{source}/ingest and /ingest/batch), the read API "
         "(GET /events, with CODEX_API_TOKENS), /healthz, /readyz, /metrics and /openapi.json. "
         "Without DATABASE_URL, starts the embedded PostgreSQL in --data-dir. "
-        "Pending migrations are applied first unless --no-migrate.",
+        "Pending migrations are applied first unless --no-migrate. "
+        "With --check-config, only checks the settings and the sources file.",
     )
     _add_options(serve, SERVE_OPTIONS)
     serve.add_argument("--no-migrate", dest="no_migrate", action="store_true",
                        help="do not apply pending migrations at start")
+    serve.add_argument("--check-config", dest="check_config", action="store_true",
+                       help="load the settings and the sources file as serve does, print a summary "
+                       "(never a secret) and exit 0, or the one line saying what is wrong and exit 2; "
+                       "starts no database and no server")
 
     migrate = commands.add_parser(
         "migrate", help="apply, roll back or list schema migrations",
@@ -153,6 +158,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except ConfigError as exc:
         print(f"codex-ingest {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.command == "serve" and args.check_config:
+        return check_config(settings)
     configure_logging(settings.log_level)
     try:
         if args.command == "serve":

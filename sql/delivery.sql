@@ -1,0 +1,176 @@
+-- Push delivery's statements (docs/delivery-design.md). Parameters are
+-- positional; codex_ingest/delivery/ names each one where it binds them.
+
+-- name: ensure_destination
+-- A destination's state row, created active the first time a worker sees it.
+-- params: $1 name
+INSERT INTO destination_state (name) VALUES ($1) ON CONFLICT (name) DO NOTHING;
+
+-- name: lock_schedule
+-- The destination's position, locked for this scheduling transaction; no row:
+-- another worker is scheduling it now (SKIP LOCKED), or it is not active.
+-- Returns (xact text, id, stamp text).
+-- params: $1 name
+SELECT xact::text AS xact, id, stamp::text AS stamp
+FROM destination_state
+WHERE name = $1 AND state = 'active'
+FOR UPDATE SKIP LOCKED;
+
+-- name: schedule
+-- One delivery row for each matching event after the position, in delivery
+-- order, up to $7 of them, below the delivery horizon (as read_feed): a late
+-- commit is scheduled when it lands, never skipped. Returns the last
+-- (xact text, id) looked at, how many were looked at and how many matched;
+-- the caller moves the position.
+-- params: $1 name, $2 after xact (text), $3 after id, $4 sources (text[], NULL: all),
+--         $5 tenants (text[], NULL: all), $6 limit
+WITH next AS (
+    SELECT e.id, e.tenant_id, e.xact
+    FROM events AS e
+    WHERE (e.xact, e.id) > ($2::text::xid8, $3::bigint)
+      AND e.xact < (SELECT pg_snapshot_xmin(pg_current_snapshot()))
+    ORDER BY e.xact, e.id
+    LIMIT $6
+), matching AS (
+    INSERT INTO deliveries (destination, event_id, tenant_id, xact)
+    SELECT $1, n.id, n.tenant_id, n.xact
+    FROM next AS n JOIN events AS e ON e.id = n.id
+    WHERE ($4::text[] IS NULL OR e.source = ANY($4::text[]))
+      AND ($5::text[] IS NULL OR e.tenant_id = ANY($5::text[]))
+    ON CONFLICT (destination, event_id) DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT xact::text FROM next ORDER BY xact DESC, id DESC LIMIT 1) AS xact,
+       (SELECT id FROM next ORDER BY xact DESC, id DESC LIMIT 1) AS id,
+       (SELECT count(*) FROM next) AS examined,
+       (SELECT count(*) FROM matching) AS scheduled;
+
+-- name: move_position
+-- params: $1 name, $2 xact (text), $3 id, $4 stamp (text), $5 events found expired
+UPDATE destination_state
+SET xact = $2::text::xid8, id = $3, stamp = $4::text::xid8, expired = expired + $5
+WHERE name = $1;
+
+-- name: claim_parallel
+-- Up to $3 due deliveries of a destination, leased to $2 for $4 seconds, in
+-- delivery order, with the event's bytes and headers. A row whose lease ran
+-- out is due again. Returns (event_id, tenant_id, attempts, source,
+-- idempotency_key, content_type, headers text, body); a row whose event
+-- retention deleted comes with a NULL body: the caller marks it expired.
+-- params: $1 destination, $2 lease token (uuid), $3 limit, $4 lease seconds
+WITH due AS (
+    SELECT destination, event_id
+    FROM deliveries
+    WHERE destination = $1 AND state = 'pending' AND next_at <= now()
+      AND (lease_until IS NULL OR lease_until < now())
+    ORDER BY xact, event_id
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+), leased AS (
+    UPDATE deliveries AS d
+    SET lease_token = $2, lease_until = now() + make_interval(secs => $4), attempts = d.attempts + 1,
+        updated_at = now()
+    FROM due
+    WHERE d.destination = due.destination AND d.event_id = due.event_id
+    RETURNING d.event_id, d.tenant_id, d.attempts
+)
+SELECT l.event_id, l.tenant_id, l.attempts, e.source, e.idempotency_key, e.content_type,
+       e.headers::text AS headers, e.body
+FROM leased AS l LEFT JOIN events AS e ON e.id = l.event_id;
+
+-- name: claim_ordered
+-- As claim_parallel, but only each tenant's first pending delivery, and only
+-- while no delivery of that tenant holds a live lease: per (destination,
+-- tenant), event n+1 is not sent before event n got a 2xx or was parked.
+-- params: $1 destination, $2 lease token (uuid), $3 limit, $4 lease seconds
+WITH heads AS (
+    SELECT DISTINCT ON (tenant_id) destination, event_id, tenant_id, next_at, lease_until
+    FROM deliveries
+    WHERE destination = $1 AND state = 'pending'
+    ORDER BY tenant_id, xact, event_id
+), due AS (
+    SELECT d.destination, d.event_id
+    FROM deliveries AS d JOIN heads AS h USING (destination, event_id)
+    WHERE h.next_at <= now() AND (h.lease_until IS NULL OR h.lease_until < now())
+    ORDER BY d.xact, d.event_id
+    LIMIT $3
+    FOR UPDATE OF d SKIP LOCKED
+), leased AS (
+    UPDATE deliveries AS d
+    SET lease_token = $2, lease_until = now() + make_interval(secs => $4), attempts = d.attempts + 1,
+        updated_at = now()
+    FROM due
+    WHERE d.destination = due.destination AND d.event_id = due.event_id
+    RETURNING d.event_id, d.tenant_id, d.attempts
+)
+SELECT l.event_id, l.tenant_id, l.attempts, e.source, e.idempotency_key, e.content_type,
+       e.headers::text AS headers, e.body
+FROM leased AS l LEFT JOIN events AS e ON e.id = l.event_id;
+
+-- name: record_result
+-- A delivery's outcome, only by the lease that sent it: a worker whose lease
+-- ran out (the row was claimed again) changes nothing. $4 state: delivered,
+-- pending (a retry at $5) or parked. Returns the row when recorded.
+-- params: $1 destination, $2 event_id, $3 lease token, $4 state, $5 next attempt at, $6 status, $7 error
+UPDATE deliveries
+SET state = $4, next_at = coalesce($5, next_at), lease_token = NULL, lease_until = NULL,
+    last_status = $6, last_error = $7, updated_at = now()
+WHERE destination = $1 AND event_id = $2 AND lease_token = $3
+RETURNING event_id;
+
+-- name: log_attempt
+-- params: $1 destination, $2 event_id, $3 tenant_id, $4 attempt, $5 status, $6 error, $7 duration ms,
+--         $8 response excerpt
+INSERT INTO delivery_attempts (destination, event_id, tenant_id, attempt, status, error, duration_ms, response_excerpt)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8);
+
+-- name: throttle_slot
+-- Takes a send slot when fewer than $2 requests went to the destination in
+-- the last second, across every worker and replica (a sliding window, under
+-- one transaction-scoped advisory lock per destination); true when taken.
+-- Runs in a transaction of its own.
+-- params: $1 destination, $2 most requests a second
+WITH locked AS (SELECT pg_advisory_xact_lock(hashtextextended('codex-destination:' || $1, 0))),
+recent AS (
+    SELECT count(*) AS sent FROM destination_sends, locked
+    WHERE destination = $1 AND at > clock_timestamp() - interval '1 second'
+), taken AS (
+    INSERT INTO destination_sends (destination, at)
+    SELECT $1, clock_timestamp() FROM recent WHERE recent.sent < $2
+    RETURNING 1
+)
+SELECT EXISTS (SELECT 1 FROM taken);
+
+-- name: set_destination_state
+-- params: $1 name, $2 state, $3 reason
+UPDATE destination_state SET state = $2, reason = $3, changed_at = now() WHERE name = $1;
+
+-- name: retry_parked
+-- Every parked delivery of a destination, due now again. Returns the count.
+-- params: $1 destination
+WITH requeued AS (
+    UPDATE deliveries SET state = 'pending', next_at = now(), attempts = 0, updated_at = now()
+    WHERE destination = $1 AND state = 'parked'
+    RETURNING 1
+)
+SELECT count(*) FROM requeued;
+
+-- name: replay_since
+-- Every event received since $2 (of tenant $3, NULL: all) that the
+-- destination takes, due again with its original webhook-id. Returns the count.
+-- params: $1 destination, $2 since, $3 tenant (NULL: every tenant), $4 sources (NULL: all), $5 tenants (NULL: all)
+WITH chosen AS (
+    SELECT id, tenant_id, xact FROM events
+    WHERE received_at >= $2
+      AND ($3::text IS NULL OR tenant_id = $3)
+      AND ($4::text[] IS NULL OR source = ANY($4::text[]))
+      AND ($5::text[] IS NULL OR tenant_id = ANY($5::text[]))
+), requeued AS (
+    INSERT INTO deliveries AS d (destination, event_id, tenant_id, xact)
+    SELECT $1, id, tenant_id, xact FROM chosen
+    ON CONFLICT (destination, event_id) DO UPDATE
+    SET state = 'pending', next_at = now(), attempts = 0, lease_token = NULL, lease_until = NULL,
+        updated_at = now()
+    RETURNING 1
+)
+SELECT count(*) FROM requeued;
