@@ -35,6 +35,7 @@ CREATE TABLE deliveries (
 -- What is due, in delivery order, per destination; and each tenant's head in ordered mode.
 CREATE INDEX deliveries_due ON deliveries (destination, xact, event_id) WHERE state = 'pending';
 CREATE INDEX deliveries_tenant_head ON deliveries (destination, tenant_id, xact, event_id) WHERE state = 'pending';
+CREATE INDEX deliveries_parked ON deliveries (destination, event_id) WHERE state = 'parked';
 
 CREATE TABLE delivery_attempts (
     id               bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

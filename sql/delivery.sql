@@ -54,7 +54,8 @@ WHERE name = $1;
 -- name: claim_parallel
 -- Up to $3 due deliveries of a destination, leased to $2 for $4 seconds, in
 -- delivery order, with the event's bytes and headers. A row whose lease ran
--- out is due again. Returns (event_id, tenant_id, attempts, source,
+-- out is due again; nothing while the destination is paused or disabled.
+-- Returns (event_id, tenant_id, attempts, source,
 -- idempotency_key, content_type, headers text, body); a row whose event
 -- retention deleted comes with a NULL body: the caller marks it expired.
 -- params: $1 destination, $2 lease token (uuid), $3 limit, $4 lease seconds
@@ -63,6 +64,7 @@ WITH due AS (
     FROM deliveries
     WHERE destination = $1 AND state = 'pending' AND next_at <= now()
       AND (lease_until IS NULL OR lease_until < now())
+      AND EXISTS (SELECT 1 FROM destination_state WHERE name = $1 AND state = 'active')
     ORDER BY xact, event_id
     LIMIT $3
     FOR UPDATE SKIP LOCKED
@@ -92,6 +94,7 @@ WITH heads AS (
     SELECT d.destination, d.event_id
     FROM deliveries AS d JOIN heads AS h USING (destination, event_id)
     WHERE h.next_at <= now() AND (h.lease_until IS NULL OR h.lease_until < now())
+      AND EXISTS (SELECT 1 FROM destination_state WHERE name = $1 AND state = 'active')
     ORDER BY d.xact, d.event_id
     LIMIT $3
     FOR UPDATE OF d SKIP LOCKED
@@ -174,3 +177,16 @@ WITH chosen AS (
     RETURNING 1
 )
 SELECT count(*) FROM requeued;
+
+-- name: delivery_gauges
+-- Each known destination's state for the gauges: (name, state, pending,
+-- oldest pending event's age in seconds (0: none), parked). Counts come from
+-- the partial indexes on pending and parked rows.
+SELECT s.name, s.state,
+       (SELECT count(*) FROM deliveries AS d WHERE d.destination = s.name AND d.state = 'pending') AS pending,
+       coalesce((SELECT extract(epoch FROM now() - e.received_at)::float8
+                 FROM deliveries AS d JOIN events AS e ON e.id = d.event_id
+                 WHERE d.destination = s.name AND d.state = 'pending'
+                 ORDER BY d.xact, d.event_id LIMIT 1), 0) AS oldest_seconds,
+       (SELECT count(*) FROM deliveries AS d WHERE d.destination = s.name AND d.state = 'parked') AS parked
+FROM destination_state AS s;

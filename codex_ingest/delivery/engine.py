@@ -48,6 +48,7 @@ IDLE_POLL_SECONDS = 1.0
 # What is kept of a response in the attempt log.
 EXCERPT_BYTES = 1024
 JITTER = 0.2  # retries are spread ±20%
+GAUGE_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,17 +105,21 @@ class DeliveryEngine:
     def __init__(
         self, pool: asyncpg.Pool, queries: Queries, destinations: Mapping[str, DestinationSpec], *,
         watch: HeadWatch | None = None, record: Callable[[str, str, float], None] | None = None,
-        clock: Callable[[], float] = time.time,
+        gauges: Callable[[asyncpg.Record], None] | None = None, clock: Callable[[], float] = time.time,
     ) -> None:
-        """``record(destination, outcome, seconds)``: a metrics hook for each attempt."""
+        """``record(destination, outcome, seconds)``: a metrics hook for each attempt (outcome:
+        delivered, retried, parked, expired, disabled). ``gauges(row)``: called every
+        GAUGE_SECONDS with each destination's row of sql/delivery.sql delivery_gauges."""
         self._pool = pool
         self._sql = {name: queries.sql(name) for name in (
             "ensure_destination", "lock_schedule", "schedule", "move_position", "claim_parallel",
             "claim_ordered", "record_result", "log_attempt", "throttle_slot", "set_destination_state",
+            "delivery_gauges",
         )}
         self._specs = destinations
         self._watch = watch
         self._record = record
+        self._gauges = gauges
         self._clock = clock
         self._destinations: dict[str, _Destination] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -129,6 +134,8 @@ class DeliveryEngine:
             self._destinations[name] = destination
             self._tasks.append(loop.create_task(self._schedule_loop(name, destination)))
             self._tasks.append(loop.create_task(self._send_loop(name, destination)))
+        if self._gauges is not None:
+            self._tasks.append(loop.create_task(self._gauge_loop()))
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -286,13 +293,30 @@ class DeliveryEngine:
             log.info("a newer lease holds this delivery: result not recorded",
                      extra={"destination": name, "event_id": row["event_id"]})
         if self._record is not None:
-            self._record(name, outcome.state, seconds)
+            self._record(name, _outcome_label(outcome), seconds)
+
+    async def _gauge_loop(self) -> None:
+        assert self._gauges is not None
+        while True:
+            try:
+                async with self._pool.acquire() as conn:
+                    for row in await conn.fetch(self._sql["delivery_gauges"]):
+                        self._gauges(row)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                log.debug("delivery gauges not refreshed", extra={"error": _describe(exc)})
+            await asyncio.sleep(GAUGE_SECONDS)
 
     async def _idle(self, since: asyncio.Event | None) -> None:
         if self._watch is not None and since is not None:
             await self._watch.wait(IDLE_POLL_SECONDS, since)
         else:
             await asyncio.sleep(IDLE_POLL_SECONDS)
+
+
+def _outcome_label(outcome: Outcome) -> str:
+    if outcome.disable:
+        return "disabled"
+    return "retried" if outcome.state == "pending" else outcome.state
 
 
 def _describe(exc: BaseException) -> str:

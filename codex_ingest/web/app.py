@@ -67,6 +67,7 @@ def create_app(settings: Settings, *, queries: Queries | None = None, clock: Clo
         sources=settings.source_table.sources if settings.source_table is not None else (),
         db_error_classes=ERROR_CLASSES,
         header_drop_reasons=DROP_REASONS,
+        destinations=settings.source_table.destinations if settings.source_table is not None else (),
         retention=settings.retention is not None,
     )
     # Every source's scheme is built once, here, not per request.
@@ -143,7 +144,13 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     engine = None
     if destinations:
         # Push delivery: woken by the same NOTIFY as waiting readers (docs/delivery-design.md).
-        engine = DeliveryEngine(pool, app[keys.QUERIES], destinations, watch=watch)
+        metrics = app[keys.METRICS]
+        engine = DeliveryEngine(
+            pool, app[keys.QUERIES], destinations, watch=watch, record=metrics.delivered,
+            gauges=lambda row: metrics.set_delivery_state(
+                row["name"], pending=row["pending"], oldest_seconds=row["oldest_seconds"], parked=row["parked"],
+                disabled=row["state"] == "disabled"),
+        )
         await engine.start()
     try:
         yield

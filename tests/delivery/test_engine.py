@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import asyncpg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from codex_ingest.delivery.config import parse_destinations
 from codex_ingest.intake.sources import parse_sources
@@ -56,6 +57,16 @@ async def test_every_event_reaches_a_healthy_destination_once_verified(deliverin
         assert sorted(hook.verified_ids()) == sorted(f"evt_{i}" for i in ids)
         assert {a.header("x-tenant-id") for a in hook.arrivals} == {"shop-0", "shop-1", "shop-2"}
         await until(_states(db, "backend", {"delivered": 20}), "every delivery recorded")
+        assert await _delivered_metric(client, "backend") == 20
+
+
+async def test_parked_and_disabled_show_in_the_gauges(delivering, db) -> None:
+    async with receiver(error(500), secret=SECRET) as hook:
+        client = await delivering(destination_toml("backend", hook.url, retry_schedule="[0.05]"))
+        await post(client, 1)
+        await until(_states(db, "backend", {"parked": 1}), "the event parked")
+        await until(_gauge(client, "codex_ingest_delivery_parked", "backend", 1.0), "the parked gauge at 1")
+        assert await _labelled(client, "codex_ingest_deliveries_total", destination="backend", outcome="parked") == 1
 
 
 async def test_a_failing_event_is_retried_with_the_same_webhook_id_and_then_delivered(delivering, db) -> None:
@@ -128,6 +139,26 @@ async def test_a_stale_lease_cannot_record_over_a_newer_one(db) -> None:
     assert await db.fetchval(sql.sql("record_result"), "d", 1, old, "delivered", None, 200, None) is None
     assert await db.fetchval(sql.sql("record_result"), "d", 1, new, "parked", None, 500, "x") == 1
     assert await db.fetchval("SELECT state FROM deliveries") == "parked"
+
+
+async def _labelled(client, name: str, **labels: str) -> float | None:
+    text = await (await client.get("/metrics")).text()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return None
+
+
+async def _delivered_metric(client, destination: str) -> float | None:
+    return await _labelled(client, "codex_ingest_deliveries_total", destination=destination, outcome="delivered")
+
+
+def _gauge(client, name: str, destination: str, value: float):
+    async def check() -> bool:
+        return await _labelled(client, name, destination=destination) == value
+
+    return check
 
 
 def _states(db: asyncpg.Connection, destination: str, expected: dict[str, int]):
