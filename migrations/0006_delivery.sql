@@ -13,7 +13,11 @@ CREATE TABLE destination_state (
     id          bigint      NOT NULL DEFAULT 0,
     stamp       xid8        NOT NULL DEFAULT '0',
     -- Events retention deleted before they were scheduled here: counted, never skipped silently.
-    expired     bigint      NOT NULL DEFAULT 0
+    expired     bigint      NOT NULL DEFAULT 0,
+    -- The destination's filters as the sources file declares them (NULL: all), written by each
+    -- worker at start: retention needs them to tell which deleted events it had to receive.
+    sources     text[],
+    tenants     text[]
 );
 
 CREATE TABLE deliveries (

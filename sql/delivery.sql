@@ -2,9 +2,11 @@
 -- positional; codex_ingest/delivery/ names each one where it binds them.
 
 -- name: ensure_destination
--- A destination's state row, created active the first time a worker sees it.
--- params: $1 name
-INSERT INTO destination_state (name) VALUES ($1) ON CONFLICT (name) DO NOTHING;
+-- A destination's state row, created active the first time a worker sees
+-- it, with its filters as declared now (retention reads them).
+-- params: $1 name, $2 sources (text[], NULL: all), $3 tenants (text[], NULL: all)
+INSERT INTO destination_state (name, sources, tenants) VALUES ($1, $2, $3)
+ON CONFLICT (name) DO UPDATE SET sources = EXCLUDED.sources, tenants = EXCLUDED.tenants;
 
 -- name: lock_schedule
 -- The destination's position, locked for this scheduling transaction; no row:

@@ -128,7 +128,12 @@ class DeliveryEngine:
         loop = asyncio.get_running_loop()
         for name, spec in self._specs.items():
             async with self._pool.acquire() as conn:
-                await conn.execute(self._sql["ensure_destination"], name)  # $1 name
+                await conn.execute(
+                    self._sql["ensure_destination"],
+                    name,                                                    # $1 name
+                    None if spec.sources == (ALL,) else list(spec.sources),  # $2 sources, or None: all
+                    None if spec.tenants == (ALL,) else list(spec.tenants),  # $3 tenants, or None: all
+                )
             session = make_session(allow_private_network=spec.allow_private_network, timeout=spec.timeout_seconds)
             destination = _Destination(spec, Signer(spec.secrets), session)
             self._destinations[name] = destination

@@ -520,6 +520,7 @@ class Receiver:
         # standardwebhooks reads one value per name: a repeated Standard Webhooks
         # header is a sender's bug, so it fails verification rather than being guessed.
         repeated = [n for n in ("webhook-id", "webhook-timestamp", "webhook-signature") if len(headers.getall(n, [])) > 1]
+        error_text: str | None
         if repeated:
             verified, error_text = False, f"header(s) sent more than once: {', '.join(repeated)}"
         else:

@@ -57,7 +57,8 @@ async def test_every_event_reaches_a_healthy_destination_once_verified(deliverin
         assert sorted(hook.verified_ids()) == sorted(f"evt_{i}" for i in ids)
         assert {a.header("x-tenant-id") for a in hook.arrivals} == {"shop-0", "shop-1", "shop-2"}
         await until(_states(db, "backend", {"delivered": 20}), "every delivery recorded")
-        assert await _delivered_metric(client, "backend") == 20
+        # Counted just after it is recorded: wait for the count, not for a guessed moment.
+        await until(_metric_is(client, "backend", "delivered", 20), "20 deliveries counted")
 
 
 async def test_parked_and_disabled_show_in_the_gauges(delivering, db) -> None:
@@ -66,7 +67,7 @@ async def test_parked_and_disabled_show_in_the_gauges(delivering, db) -> None:
         await post(client, 1)
         await until(_states(db, "backend", {"parked": 1}), "the event parked")
         await until(_gauge(client, "codex_ingest_delivery_parked", "backend", 1.0), "the parked gauge at 1")
-        assert await _labelled(client, "codex_ingest_deliveries_total", destination="backend", outcome="parked") == 1
+        await until(_metric_is(client, "backend", "parked", 1), "the parking counted")
 
 
 async def test_a_failing_event_is_retried_with_the_same_webhook_id_and_then_delivered(delivering, db) -> None:
@@ -129,7 +130,7 @@ async def test_a_stale_lease_cannot_record_over_a_newer_one(db) -> None:
     sql = load_queries()
     await db.execute("INSERT INTO events (tenant_id, source, idempotency_key, body_sha256, body)"
                      " VALUES ('t', 's', 'k', decode(repeat('00', 32), 'hex'), '{}')")
-    await db.execute(sql.sql("ensure_destination"), "d")
+    await db.execute(sql.sql("ensure_destination"), "d", None, None)
     scheduled = await db.fetchrow(sql.sql("schedule"), "d", "0", 0, None, None, 10)
     assert scheduled["scheduled"] == 1
     old, new = uuid.uuid4(), uuid.uuid4()
@@ -150,8 +151,12 @@ async def _labelled(client, name: str, **labels: str) -> float | None:
     return None
 
 
-async def _delivered_metric(client, destination: str) -> float | None:
-    return await _labelled(client, "codex_ingest_deliveries_total", destination=destination, outcome="delivered")
+def _metric_is(client, destination: str, outcome: str, value: float):
+    async def check() -> bool:
+        return await _labelled(client, "codex_ingest_deliveries_total", destination=destination,
+                               outcome=outcome) == value
+
+    return check
 
 
 def _gauge(client, name: str, destination: str, value: float):
