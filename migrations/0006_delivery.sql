@@ -40,6 +40,7 @@ CREATE TABLE deliveries (
 CREATE INDEX deliveries_due ON deliveries (destination, xact, event_id) WHERE state = 'pending';
 CREATE INDEX deliveries_tenant_head ON deliveries (destination, tenant_id, xact, event_id) WHERE state = 'pending';
 CREATE INDEX deliveries_parked ON deliveries (destination, event_id) WHERE state = 'parked';
+CREATE INDEX deliveries_expired ON deliveries (destination, event_id) WHERE state = 'expired';
 
 CREATE TABLE delivery_attempts (
     id               bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

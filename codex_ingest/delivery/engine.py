@@ -263,7 +263,8 @@ class DeliveryEngine:
         try:
             check_url(url, allow_private=destination.spec.allow_private_network)
             async with destination.session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
-                excerpt = (await resp.content.read(EXCERPT_BYTES)).decode("utf-8", "replace")
+                # Untrusted text: NUL cannot be stored in a text column, so it is replaced like bad UTF-8.
+                excerpt = (await resp.content.read(EXCERPT_BYTES)).decode("utf-8", "replace").replace("\x00", "\ufffd")
                 return resp.status, None, excerpt, retry_after_seconds(resp.headers.get("Retry-After"))
         except DestinationRefused as exc:
             return None, str(exc), None, None

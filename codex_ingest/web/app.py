@@ -142,17 +142,17 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     app[keys.WRITER] = writer
     app[keys.METRICS].watch_pool(pool.get_size, lambda: pool.get_size() - pool.get_idle_size())
     engine = None
-    if destinations:
-        # Push delivery: woken by the same NOTIFY as waiting readers (docs/delivery-design.md).
-        metrics = app[keys.METRICS]
-        engine = DeliveryEngine(
-            pool, app[keys.QUERIES], destinations, watch=watch, record=metrics.delivered,
-            gauges=lambda row: metrics.set_delivery_state(
-                row["name"], pending=row["pending"], oldest_seconds=row["oldest_seconds"], parked=row["parked"],
-                disabled=row["state"] == "disabled"),
-        )
-        await engine.start()
     try:
+        if destinations:
+            # Push delivery: woken by the same NOTIFY as waiting readers (docs/delivery-design.md).
+            metrics = app[keys.METRICS]
+            engine = DeliveryEngine(
+                pool, app[keys.QUERIES], destinations, watch=watch, record=metrics.delivered,
+                gauges=lambda row: metrics.set_delivery_state(
+                    row["name"], pending=row["pending"], oldest_seconds=row["oldest_seconds"], parked=row["parked"],
+                    disabled=row["state"] == "disabled"),
+            )
+            await engine.start()
         yield
     finally:
         if engine is not None:
