@@ -176,7 +176,7 @@ def states(db: asyncpg.Connection, expected: dict[str, int]):
 @pytest.mark.parametrize("ordered", [False, True], ids=["parallel", "ordered"])
 async def test_two_processes_deliver_every_event_exactly_once(db, database_url, tmp_path: Path, ordered: bool) -> None:
     budget = Budget()
-    TOTAL = 12 * 40 + 12 * 2  # noqa: N806
+    total = 12 * 40 + 12 * 2
     # A little slow, so that each process finds work left when it looks (every second at worst);
     # in ordered mode, more tenants (heads) than either process takes at once.
     async with receiver(slow(0.05), secret=WHSEC) as hook:
@@ -191,12 +191,12 @@ async def test_two_processes_deliver_every_event_exactly_once(db, database_url, 
                        for s, t in zip(itertools.cycle([a, b]), tenants, strict=False)]
             singles = [post_one(session, s, t, f"{t}-one-{k}")
                        for k, (s, t) in enumerate(zip(itertools.cycle([b, a]), tenants * 2, strict=False))]
-            answers = await asyncio.gather(*batches, *singles)
-            ids = [i for answer in answers for i in (answer if isinstance(answer, list) else [answer])]
-            assert len(ids) == len(set(ids)) == TOTAL
+            batch_ids, single_ids = await asyncio.gather(asyncio.gather(*batches), asyncio.gather(*singles))
+            ids = [i for chunk in batch_ids for i in chunk] + list(single_ids)
+            assert len(ids) == len(set(ids)) == total
             expected = {wid(i) for i in ids}
             await hook.until(delivered_2xx(expected), budget.left(), what="every event answered 2xx")
-            await until(states(db, {"delivered": TOTAL}), "every delivery recorded", budget.left())
+            await until(states(db, {"delivered": total}), "every delivery recorded", budget.left())
             logs = log_of(a, b)
     check_copies_alike(hook)
     assert {x.webhook_id for x in hook.arrivals} == expected, hook.summary()
@@ -271,7 +271,8 @@ async def test_kill_9_mid_delivery_then_restart_delivers_every_event(db, databas
             in_flight = {x.webhook_id for x in hook.arrivals if x.answer == "pending"}
             processes = first.kill9()  # SIGKILL to the supervisor and every worker at once
         assert processes >= 2 and in_flight
-        assert len({x.webhook_id for x in hook.arrivals if is_2xx(x)}) < total, "the kill came too late to mean anything"
+        assert len({x.webhook_id for x in hook.arrivals if is_2xx(x)}) < total, \
+            "the kill came too late to mean anything"
 
         def resent(arrivals: list[Arrival]) -> bool:
             # The receiver answered 2xx to requests whose sender was dead by then: what was in
@@ -333,7 +334,8 @@ async def test_a_sender_frozen_past_its_lease_is_taken_over_and_records_nothing_
             await until(lambda: db.fetchval("SELECT count(*) = 2 FROM delivery_attempts"),
                         "the thawed sender's attempt logged", budget.left())
             row = await db.fetchrow("SELECT state, last_status, lease_token FROM deliveries")
-            attempts = [dict(r) for r in await db.fetch("SELECT attempt, status, error FROM delivery_attempts ORDER BY id")]
+            attempts = [dict(r) for r in
+                        await db.fetch("SELECT attempt, status, error FROM delivery_attempts ORDER BY id")]
             logs = log_of(a, b)
     assert dict(row) == {"state": "delivered", "last_status": 200, "lease_token": None}, (attempts, logs)
     takeover = [x for x in hook.arrivals if is_2xx(x)]
