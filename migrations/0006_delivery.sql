@@ -1,4 +1,4 @@
--- Push delivery (docs/delivery-design.md): each destination's state and its
+-- Push delivery (docs/delivery.md): each destination's state and its
 -- position in the combined feed, one row per (destination, event) to send,
 -- the attempt log, and the throttle's one-second log.
 -- depends: 0005_purge_generation

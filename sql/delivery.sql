@@ -1,4 +1,4 @@
--- Push delivery's statements (docs/delivery-design.md). Parameters are
+-- Push delivery's statements (docs/delivery.md). Parameters are
 -- positional; codex_ingest/delivery/ names each one where it binds them.
 
 -- name: ensure_destination
@@ -10,12 +10,14 @@ ON CONFLICT (name) DO UPDATE SET sources = EXCLUDED.sources, tenants = EXCLUDED.
 
 -- name: lock_schedule
 -- The destination's position, locked for this scheduling transaction; no row:
--- another worker is scheduling it now (SKIP LOCKED), or it is not active.
+-- another worker is scheduling it now (SKIP LOCKED). A disabled destination is
+-- scheduled too (only its sending stops): its lag and backlog stay true, and
+-- what it owes goes out when it is enabled again.
 -- Returns (xact text, id, stamp text).
 -- params: $1 name
 SELECT xact::text AS xact, id, stamp::text AS stamp
 FROM destination_state
-WHERE name = $1 AND state = 'active'
+WHERE name = $1
 FOR UPDATE SKIP LOCKED;
 
 -- name: schedule
@@ -96,6 +98,10 @@ WITH heads AS (
     SELECT d.destination, d.event_id
     FROM deliveries AS d JOIN heads AS h USING (destination, event_id)
     WHERE h.next_at <= now() AND (h.lease_until IS NULL OR h.lease_until < now())
+      -- Checked again on the row as locked: heads comes from this statement's snapshot, and
+      -- another worker may have leased or finished that row since (its update is what the
+      -- lock waits for); without this, two workers send the same head at once.
+      AND d.state = 'pending' AND d.next_at <= now() AND (d.lease_until IS NULL OR d.lease_until < now())
       AND EXISTS (SELECT 1 FROM destination_state WHERE name = $1 AND state = 'active')
     ORDER BY d.xact, d.event_id
     LIMIT $3
@@ -129,22 +135,40 @@ RETURNING event_id;
 INSERT INTO delivery_attempts (destination, event_id, tenant_id, attempt, status, error, duration_ms, response_excerpt)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8);
 
+-- name: throttle_lock
+-- The destination's throttle, held to the end of the transaction. A statement
+-- of its own: throttle_slot, the next statement, then counts in a snapshot
+-- taken after the lock was granted, so it sees every send committed before.
+-- params: $1 destination
+SELECT pg_advisory_xact_lock(hashtextextended('codex-destination:' || $1, 0));
+
 -- name: throttle_slot
--- Takes a send slot when fewer than $2 requests went to the destination in
--- the last second, across every worker and replica (a sliding window, under
--- one transaction-scoped advisory lock per destination); true when taken.
--- Runs in a transaction of its own.
--- params: $1 destination, $2 most requests a second
-WITH locked AS (SELECT pg_advisory_xact_lock(hashtextextended('codex-destination:' || $1, 0))),
-recent AS (
-    SELECT count(*) AS sent FROM destination_sends, locked
-    WHERE destination = $1 AND at > clock_timestamp() - interval '1 second'
+-- Takes a send slot when fewer than $2 slots were taken for the destination
+-- in the last $3 seconds, across every worker and replica (a sliding window);
+-- true when taken. Runs after throttle_lock, in its transaction. Slots older
+-- than the window are deleted on the way: the log holds one window's worth.
+-- params: $1 destination, $2 most requests a second, $3 window seconds
+WITH pruned AS (
+    DELETE FROM destination_sends
+    WHERE destination = $1 AND at <= clock_timestamp() - make_interval(secs => $3)
+), recent AS (
+    SELECT count(*) AS sent FROM destination_sends
+    WHERE destination = $1 AND at > clock_timestamp() - make_interval(secs => $3)
 ), taken AS (
     INSERT INTO destination_sends (destination, at)
     SELECT $1, clock_timestamp() FROM recent WHERE recent.sent < $2
     RETURNING 1
 )
 SELECT EXISTS (SELECT 1 FROM taken);
+
+-- name: renew_lease
+-- A lease held while its send waits (for a throttle slot), made to last
+-- another $4 seconds. No row: the lease was lost (another worker took the
+-- delivery, or an operator changed it), and the send must not happen.
+-- params: $1 destination, $2 event_id, $3 lease token, $4 lease seconds
+UPDATE deliveries SET lease_until = now() + make_interval(secs => $4)
+WHERE destination = $1 AND event_id = $2 AND lease_token = $3 AND state = 'pending'
+RETURNING event_id;
 
 -- name: set_destination_state
 -- params: $1 name, $2 state, $3 reason
@@ -162,7 +186,10 @@ SELECT count(*) FROM requeued;
 
 -- name: replay_since
 -- Every event received since $2 (of tenant $3, NULL: all) that the
--- destination takes, due again with its original webhook-id. Returns the count.
+-- destination takes, due again with its original webhook-id. A delivery in
+-- flight right now (a live lease) is left to its sender: it is being sent
+-- again already, and clearing its lease would send it twice at once. Returns
+-- how many events the replay covers.
 -- params: $1 destination, $2 since, $3 tenant (NULL: every tenant), $4 sources (NULL: all), $5 tenants (NULL: all)
 WITH chosen AS (
     SELECT id, tenant_id, xact FROM events
@@ -176,9 +203,10 @@ WITH chosen AS (
     ON CONFLICT (destination, event_id) DO UPDATE
     SET state = 'pending', next_at = now(), attempts = 0, lease_token = NULL, lease_until = NULL,
         updated_at = now()
+    WHERE NOT (d.state = 'pending' AND d.lease_until > now())
     RETURNING 1
 )
-SELECT count(*) FROM requeued;
+SELECT count(*) FROM chosen;
 
 -- name: delivery_gauges
 -- Each known destination's state for the gauges: (name, state, pending,

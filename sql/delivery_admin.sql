@@ -16,9 +16,9 @@
 -- delivery in delivery order was received (NULL: nothing pending).
 -- scheduler_behind: an event below the delivery horizon lies past the
 -- destination's position (the scheduler has not looked at it yet, whether
--- or not the destination takes it; it does not schedule while the
--- destination is paused or disabled). last_success_at and last_failure_at
--- come from the newest attempts (delivery_attempts_newest).
+-- or not the destination takes it; a disabled destination is scheduled too).
+-- last_success_at and last_failure_at come from the newest attempts
+-- (delivery_attempts_newest).
 -- params: $1 destination names (text[])
 SELECT n.name,
        coalesce(s.state, 'active') AS state,

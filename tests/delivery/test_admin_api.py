@@ -17,7 +17,7 @@ from codex_ingest.delivery.config import parse_destinations
 from codex_ingest.intake.sources import parse_sources
 from codex_ingest.settings import ReadToken
 from codex_ingest.web.app import create_app
-from tests.delivery.receivers import Respond, error, fails_then, hang, ok, receiver
+from tests.delivery.receivers import Respond, error, fails_then, hang, ok, receiver, script
 from tests.delivery.test_engine import SECRET, destination_toml
 from tests.helpers import assert_error, headers, until
 
@@ -320,6 +320,28 @@ async def test_replay_sends_matching_events_again_with_their_original_webhook_id
         assert len(hook.arrivals) == 8
 
 
+async def test_replay_leaves_a_delivery_in_flight_to_its_sender(operating, db) -> None:
+    """Clearing the lease of a delivery being sent would let another sender claim it and
+    send it a second time at once; the replay counts it and leaves it to the send under way."""
+    async with receiver(script(ok(), then=hang()), secret=SECRET) as hook:
+        client = await operating(destination_toml("backend", hook.url, timeout_seconds=60))
+        start = await db.fetchval("SELECT now()")
+        done = await post(client, 1)
+        await until(states(db, "backend", {"delivered": 1}), "the first event delivered")
+        sending = await post(client, 2)
+        await hook.until(lambda arrivals: any(a.answer == "hanging" for a in arrivals), what="the second in flight")
+        leased = await db.fetchrow("SELECT lease_token, attempts FROM deliveries WHERE event_id = $1", sending)
+        assert leased["lease_token"] is not None
+
+        assert await call(client, "POST", "/destinations/backend/replay", status=202,
+                          body=json.dumps({"since": start.isoformat()}).encode()) == {"replayed": 2}
+        after = await db.fetchrow("SELECT state, lease_token, attempts FROM deliveries WHERE event_id = $1", sending)
+        assert (after["state"], after["lease_token"], after["attempts"]) == ("pending", leased["lease_token"],
+                                                                             leased["attempts"])
+        await hook.until(lambda arrivals: [a.webhook_id for a in arrivals].count(f"evt_{done}") == 2,
+                         what="the delivered event sent again")
+
+
 @pytest.mark.parametrize(("body", "code"), [
     (b"", "invalid_json"), (b"not json", "invalid_json"), (b"[]", "invalid_json"), (b'"2026-01-01T00:00:00Z"', "invalid_json"),
     (b'{"since": "2026-01-01T00:00:00Z", "tenants": "shop-a"}', "invalid_json"),
@@ -390,6 +412,8 @@ async def test_disable_stops_deliveries_and_enable_resumes_them(operating, db) -
         shown = (await listed(client))["backend"]
         assert (shown["state"], shown["reason"]) == ("disabled", "disabled by an operator")
         later = await post(client, 2)  # stored while disabled
+        # Scheduled all the same (only sending stops): the backlog shows what it owes.
+        await until(lambda: listed_lag(client, "backend", 2), "the event stored while disabled counted in its lag")
 
         async def retry_due() -> bool:
             return await db.fetchval("SELECT attempts = 1 AND next_at <= now() AND lease_until IS NULL FROM deliveries"
@@ -410,6 +434,10 @@ async def test_disable_stops_deliveries_and_enable_resumes_them(operating, db) -
         assert [a.status for a in hook.by_id(f"evt_{later}")] == [500, 200]
         shown = (await listed(client))["backend"]
         assert (shown["state"], shown["reason"], shown["lag_events"]) == ("active", None, 0)
+
+
+async def listed_lag(client, name: str, events: int) -> bool:
+    return (await listed(client))[name]["lag_events"] == events
 
 
 async def test_enable_makes_a_delivery_waiting_for_its_retry_due_at_once(operating, db) -> None:

@@ -5,6 +5,8 @@ gets an expired row; a delivered one's row goes with its event."""
 
 from __future__ import annotations
 
+import asyncpg
+
 from codex_ingest.storage import retention
 from codex_ingest.storage.queries import load_queries
 from tests.delivery.receivers import error, ok, receiver
@@ -28,13 +30,19 @@ async def test_a_pending_delivery_whose_event_is_purged_becomes_expired(deliveri
         assert (row["state"], row["last_error"]) == ("expired", "deleted by retention before it was delivered")
 
 
-async def test_an_event_purged_before_it_was_scheduled_is_listed_expired(delivering, db) -> None:
+async def test_an_event_purged_before_it_was_scheduled_is_listed_expired(delivering, db, database_url) -> None:
     async with receiver(ok(), secret=SECRET) as hook:
         toml = destination_toml("backend", hook.url) + destination_toml("other", hook.url, tenants='["shop-z"]')
         client = await delivering(toml)
-        await db.execute("UPDATE destination_state SET state = 'paused'")  # nothing is scheduled while paused
-        await post(client, 1, tenant="shop-a")
-        assert await purge_all(db) == 1
+        holder = await asyncpg.connect(database_url)
+        try:
+            # Holding the destinations' rows keeps their schedulers off (they lock them SKIP LOCKED).
+            async with holder.transaction():
+                await holder.execute("SELECT 1 FROM destination_state FOR UPDATE")
+                await post(client, 1, tenant="shop-a")
+                assert await purge_all(db) == 1
+        finally:
+            await holder.close()
         rows = await db.fetch("SELECT destination, state, last_error FROM deliveries ORDER BY destination")
         # "other" takes shop-z only: the deleted shop-a event was never its to receive.
         assert [tuple(r) for r in rows] == [("backend", "expired", "deleted by retention before it was scheduled")]
