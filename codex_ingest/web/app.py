@@ -144,7 +144,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     engine = None
     try:
         if destinations:
-            # Push delivery: woken by the same NOTIFY as waiting readers (docs/delivery-design.md).
+            # Push delivery: woken by the same NOTIFY as waiting readers (docs/delivery.md).
             metrics = app[keys.METRICS]
             engine = DeliveryEngine(
                 pool, app[keys.QUERIES], destinations, watch=watch, record=metrics.delivered,
