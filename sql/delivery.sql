@@ -118,22 +118,34 @@ SELECT l.event_id, l.tenant_id, l.attempts, e.source, e.idempotency_key, e.conte
        e.headers::text AS headers, e.body
 FROM leased AS l LEFT JOIN events AS e ON e.id = l.event_id;
 
--- name: record_result
--- A delivery's outcome, only by the lease that sent it: a worker whose lease
--- ran out (the row was claimed again) changes nothing. $4 state: delivered,
--- pending (a retry at $5) or parked. Returns the row when recorded.
--- params: $1 destination, $2 event_id, $3 lease token, $4 state, $5 next attempt at, $6 status, $7 error
-UPDATE deliveries
-SET state = $4, next_at = coalesce($5, next_at), lease_token = NULL, lease_until = NULL,
-    last_status = $6, last_error = $7, updated_at = now()
-WHERE destination = $1 AND event_id = $2 AND lease_token = $3
-RETURNING event_id;
-
--- name: log_attempt
--- params: $1 destination, $2 event_id, $3 tenant_id, $4 attempt, $5 status, $6 error, $7 duration ms,
---         $8 response excerpt
-INSERT INTO delivery_attempts (destination, event_id, tenant_id, attempt, status, error, duration_ms, response_excerpt)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8);
+-- name: record_results
+-- Several attempts' outcomes in one statement and one commit (the engine
+-- gathers what finished while the last write was under way). Each delivery
+-- changes only under the lease that sent it: a worker whose lease ran out
+-- (the row was claimed again) changes nothing. Every attempt is logged all
+-- the same. state: delivered, pending (a retry at next_at), parked or
+-- expired. Returns the event ids recorded.
+-- params: $1 destination, $2 event ids, $3 lease tokens, $4 states, $5 next attempt at (NULL: unchanged),
+--         $6 HTTP statuses, $7 errors, $8 tenants, $9 attempt numbers, $10 durations in ms,
+--         $11 response excerpts (arrays of one element per attempt, in the same order)
+WITH outcome AS (
+    SELECT *
+    FROM unnest($2::bigint[], $3::uuid[], $4::text[], $5::timestamptz[], $6::integer[], $7::text[],
+                $8::text[], $9::integer[], $10::real[], $11::text[])
+         AS o(event_id, token, state, next_at, status, error, tenant_id, attempt, duration_ms, excerpt)
+), recorded AS (
+    UPDATE deliveries AS d
+    SET state = o.state, next_at = coalesce(o.next_at, d.next_at), lease_token = NULL, lease_until = NULL,
+        last_status = o.status, last_error = o.error, updated_at = now()
+    FROM outcome AS o
+    WHERE d.destination = $1 AND d.event_id = o.event_id AND d.lease_token = o.token
+    RETURNING d.event_id
+), logged AS (
+    INSERT INTO delivery_attempts (destination, event_id, tenant_id, attempt, status, error, duration_ms,
+                                   response_excerpt)
+    SELECT $1, o.event_id, o.tenant_id, o.attempt, o.status, o.error, o.duration_ms, o.excerpt FROM outcome AS o
+)
+SELECT event_id FROM recorded;
 
 -- name: throttle_lock
 -- The destination's throttle, held to the end of the transaction. A statement

@@ -7,7 +7,7 @@ Workers and replicas share the work through PostgreSQL alone: the
 scheduler's position is locked per destination (SKIP LOCKED), a sender's
 rows are leased with a token of its own, and no transaction is held open
 across an HTTP call. A worker whose lease ran out records nothing over the
-newer one's (sql/delivery.sql record_result).
+newer one's (sql/delivery.sql record_results).
 
 Each destination runs on its own tasks, its own HTTP session and its own
 in-flight cap: one that hangs, fails or is disabled never delays another's
@@ -54,6 +54,10 @@ JITTER = 0.2  # retries are spread ±20%
 # for a rate about 9% under max_per_second at saturation.
 THROTTLE_WINDOW_SECONDS = 1.1
 GAUGE_SECONDS = 5.0
+# The shortest time between two scheduling transactions of a destination in a worker: under a
+# steady stream of commits (each one a NOTIFY) one transaction takes what came in meanwhile,
+# rather than one each, for at most this much added latency.
+SCHEDULE_INTERVAL_SECONDS = 0.005
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +105,13 @@ class _Destination:
     session: aiohttp.ClientSession
     in_flight: int = 0
     due: asyncio.Event = field(default_factory=asyncio.Event)  # scheduled rows, or a slot freed
+    # The last claim filled every free slot: more may be due, so a finished send wakes the sender.
+    saturated: bool = False
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    # Outcomes waiting to be written, each with the future its sender awaits; and the writer's task.
+    outcomes: list[tuple[asyncpg.Record, uuid.UUID, Outcome, float, str | None, asyncio.Future[bool]]] = field(
+        default_factory=list)
+    writer: asyncio.Task[None] | None = None
 
 
 class DeliveryEngine:
@@ -118,7 +128,7 @@ class DeliveryEngine:
         self._pool = pool
         self._sql = {name: queries.sql(name) for name in (
             "ensure_destination", "lock_schedule", "schedule", "move_position", "claim_parallel",
-            "claim_ordered", "record_result", "log_attempt", "throttle_lock", "throttle_slot", "renew_lease",
+            "claim_ordered", "record_results", "throttle_lock", "throttle_slot", "renew_lease",
             "set_destination_state",
             "delivery_gauges",
         )}
@@ -152,10 +162,10 @@ class DeliveryEngine:
         for task in self._tasks:
             task.cancel()
         for destination in self._destinations.values():
-            for task in list(destination.tasks):
+            for task in [*destination.tasks, *([destination.writer] if destination.writer else [])]:
                 task.cancel()
         await asyncio.gather(*self._tasks, *(t for d in self._destinations.values() for t in d.tasks),
-                             return_exceptions=True)
+                             *(d.writer for d in self._destinations.values() if d.writer), return_exceptions=True)
         for destination in self._destinations.values():
             await destination.session.close()
 
@@ -165,23 +175,28 @@ class DeliveryEngine:
         while True:
             since = self._watch.mark() if self._watch is not None else None
             try:
-                examined = await self.schedule_once(name)
+                examined, scheduled = await self._schedule(name)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 log.warning("scheduling failed; retrying", extra={"destination": name, "error": _describe(exc)})
-                examined = 0
-            if examined:
+                examined = scheduled = 0
+            if scheduled:
                 destination.due.set()
             if examined < SCHEDULE_BATCH:
                 await self._idle(since)
+                await asyncio.sleep(SCHEDULE_INTERVAL_SECONDS)
 
     async def schedule_once(self, name: str) -> int:
         """One scheduling transaction for ``name``: the events it looked at (0: none past its position,
         or another worker holds the position now)."""
+        return (await self._schedule(name))[0]
+
+    async def _schedule(self, name: str) -> tuple[int, int]:
+        """One scheduling transaction: (events looked at, deliveries scheduled)."""
         spec = self._specs[name]
         async with self._pool.acquire() as conn, conn.transaction():
             position = await conn.fetchrow(self._sql["lock_schedule"], name)  # $1 name
             if position is None:
-                return 0
+                return 0, 0
             row = await conn.fetchrow(
                 self._sql["schedule"],
                 name,                                   # $1 destination
@@ -192,12 +207,12 @@ class DeliveryEngine:
                 SCHEDULE_BATCH,                         # $6 limit
             )
             if row["id"] is None:
-                return 0
+                return 0, 0
             await conn.execute(
                 self._sql["move_position"],
                 name, row["xact"], row["id"], position["stamp"], 0,  # $1 name, $2 xact, $3 id, $4 stamp, $5 expired
             )
-            return int(row["examined"])
+            return int(row["examined"]), int(row["scheduled"])
 
     # -- sending ----------------------------------------------------------------------------
 
@@ -205,6 +220,8 @@ class DeliveryEngine:
         spec = destination.spec
         claim = self._sql["claim_ordered" if spec.ordered else "claim_parallel"]
         lease_seconds = spec.timeout_seconds + LEASE_MARGIN_SECONDS
+        # With every slot busy, claim again once this many are free: one statement claims several rows.
+        refill = max(1, spec.max_in_flight // 4)
         while True:
             destination.due.clear()
             free = spec.max_in_flight - destination.in_flight
@@ -222,17 +239,34 @@ class DeliveryEngine:
                     task = asyncio.get_running_loop().create_task(self._deliver(name, destination, row, token))
                     destination.tasks.add(task)
                     task.add_done_callback(destination.tasks.discard)
-            if rows and len(rows) == free:
-                await destination.due.wait()  # every slot busy: a finished send frees one
+            destination.saturated = bool(rows) and len(rows) == free
+            if destination.saturated:
+                # Every slot busy: finished sends free them.
+                while spec.max_in_flight - destination.in_flight < refill:
+                    destination.due.clear()
+                    await destination.due.wait()
             elif not rows:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(destination.due.wait(), IDLE_POLL_SECONDS)
 
     async def _deliver(self, name: str, destination: _Destination, row: asyncpg.Record, token: uuid.UUID) -> None:
         spec = destination.spec
+        released = False
+
+        def release() -> None:
+            # The request is over: its slot is free for the next one while the outcome is written
+            # (the row stays leased until then, so no other claim can take it meanwhile).
+            nonlocal released
+            if not released:
+                released = True
+                destination.in_flight -= 1
+                if destination.saturated:  # every slot was busy: more may be due
+                    destination.due.set()
+
         try:
             if row["body"] is None:  # retention deleted the event before it was sent
-                await self._finish(name, row, token, Outcome("expired", None, None, "deleted by retention"), 0.0)
+                await self._finish(name, destination, row, token,
+                                   Outcome("expired", None, None, "deleted by retention"), 0.0)
                 return
             if spec.max_per_second is not None and not await self._throttle(name, row, token, spec):
                 log.info("lease lost while waiting for a throttle slot: not sent",
@@ -248,8 +282,9 @@ class DeliveryEngine:
             started = time.perf_counter()
             status, error, excerpt, retry_after = await self._post(destination, body, headers)
             seconds = time.perf_counter() - started
+            release()
             outcome = judge(status, error, row["attempts"], spec.retry_schedule, datetime.now(UTC), retry_after)
-            await self._finish(name, row, token, outcome, seconds, excerpt)
+            await self._finish(name, destination, row, token, outcome, seconds, excerpt)
             if outcome.state == "pending" and outcome.next_at is not None and not outcome.disable:
                 # A retry due sooner than the idle poll: wake the sender then, not at its next poll.
                 wait = (outcome.next_at - datetime.now(UTC)).total_seconds()
@@ -262,12 +297,17 @@ class DeliveryEngine:
                 log.warning("destination answered 410 Gone: disabled", extra={"destination": name})
         except asyncio.CancelledError:
             raise
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            # The database failed us: the row's lease runs out and another attempt sends it again.
+            log.warning("recording a delivery failed; it will be sent again",
+                        extra={"destination": name, "event_id": row["event_id"], "error": _describe(exc)})
         except Exception:
             # A bug: the row's lease runs out and another attempt takes it; say so loudly.
             log.exception("delivery failed unexpectedly", extra={"destination": name})
         finally:
-            destination.in_flight -= 1
-            destination.due.set()
+            release()
+            if spec.ordered:  # recorded: the tenant's next event is its head now
+                destination.due.set()
 
     async def _post(self, destination: _Destination, body: bytes, headers: dict[str, str],
                     ) -> tuple[int | None, str | None, str | None, float | None]:
@@ -304,25 +344,50 @@ class DeliveryEngine:
                     return False
             await asyncio.sleep(random.uniform(0.5, 1.0) / spec.max_per_second)
 
-    async def _finish(self, name: str, row: asyncpg.Record, token: uuid.UUID, outcome: Outcome, seconds: float,
-                      excerpt: str | None = None) -> None:
-        async with self._pool.acquire() as conn:
-            recorded = await conn.fetchval(
-                self._sql["record_result"],
-                name, row["event_id"], token, outcome.state, outcome.next_at, outcome.status, outcome.error,
-                # $1 destination, $2 event_id, $3 lease token, $4 state, $5 next at, $6 status, $7 error
-            )
-            await conn.execute(
-                self._sql["log_attempt"],
-                name, row["event_id"], row["tenant_id"], row["attempts"], outcome.status, outcome.error,
-                seconds * 1000.0, excerpt,
-                # $1 destination, $2 event_id, $3 tenant_id, $4 attempt, $5 status, $6 error, $7 ms, $8 excerpt
-            )
-        if recorded is None:
+    async def _finish(self, name: str, destination: _Destination, row: asyncpg.Record, token: uuid.UUID,
+                      outcome: Outcome, seconds: float, excerpt: str | None = None) -> None:
+        """Record an attempt: queued for the destination's writer, which writes every outcome that
+        came in while it was writing the last ones in one statement and one commit."""
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        destination.outcomes.append((row, token, outcome, seconds, excerpt, done))
+        if destination.writer is None:
+            destination.writer = asyncio.get_running_loop().create_task(self._write_outcomes(name, destination))
+        if not await done:
             log.info("a newer lease holds this delivery: result not recorded",
                      extra={"destination": name, "event_id": row["event_id"]})
         if self._record is not None:
             self._record(name, _outcome_label(outcome), seconds)
+
+    async def _write_outcomes(self, name: str, destination: _Destination) -> None:
+        try:
+            while destination.outcomes:
+                batch, destination.outcomes = destination.outcomes, []
+                try:
+                    async with self._pool.acquire() as conn:
+                        recorded = {r["event_id"] for r in await conn.fetch(
+                            self._sql["record_results"],
+                            name,                                                  # $1 destination
+                            [b[0]["event_id"] for b in batch],                     # $2 event ids
+                            [b[1] for b in batch],                                 # $3 lease tokens
+                            [b[2].state for b in batch],                           # $4 states
+                            [b[2].next_at for b in batch],                         # $5 next attempt at
+                            [b[2].status for b in batch],                          # $6 statuses
+                            [b[2].error for b in batch],                           # $7 errors
+                            [b[0]["tenant_id"] for b in batch],                    # $8 tenants
+                            [b[0]["attempts"] for b in batch],                     # $9 attempt numbers
+                            [b[3] * 1000.0 for b in batch],                        # $10 durations in ms
+                            [b[4] for b in batch],                                 # $11 excerpts
+                        )}
+                except Exception as exc:  # each sender handles it (_deliver)
+                    for *_, done in batch:
+                        if not done.done():
+                            done.set_exception(exc)
+                    continue
+                for row, *_, done in batch:
+                    if not done.done():
+                        done.set_result(row["event_id"] in recorded)
+        finally:
+            destination.writer = None
 
     async def _gauge_loop(self) -> None:
         assert self._gauges is not None

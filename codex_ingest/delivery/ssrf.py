@@ -185,8 +185,27 @@ def check_url(url: str | URL, allow_private: bool = False) -> URL:
     """The URL, when the guard lets a request to it out; DestinationRefused otherwise.
 
     Checks the scheme and a literal IP host. A name is the resolver's to
-    check, when it is resolved (``GuardedResolver``).
+    check, when it is resolved (``GuardedResolver``). The verdict depends on
+    the URL's text alone (no lookup), so it is kept: a destination's URL is
+    checked once, not parsed again on every attempt.
     """
+    parsed, refused_by = _verdict(str(url), allow_private)
+    if refused_by is not None:
+        raise DestinationRefused(*refused_by)
+    assert parsed is not None
+    return parsed
+
+
+@functools.lru_cache(maxsize=1024)
+def _verdict(url: str, allow_private: bool) -> tuple[URL | None, tuple[str, str] | None]:
+    """(the parsed URL, None) or (None, (host shown, reason)): check_url's answer for this text."""
+    try:
+        return _check(url, allow_private), None
+    except DestinationRefused as exc:
+        return None, (exc.host, exc.reason)
+
+
+def _check(url: str | URL, allow_private: bool) -> URL:
     try:
         parsed = url if isinstance(url, URL) else URL(url)
         scheme = parsed.scheme

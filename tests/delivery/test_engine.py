@@ -137,9 +137,19 @@ async def test_a_stale_lease_cannot_record_over_a_newer_one(db) -> None:
     assert len(await db.fetch(sql.sql("claim_parallel"), "d", old, 10, 30.0)) == 1
     await db.execute("UPDATE deliveries SET lease_until = now() - interval '1 second'")  # the old lease ran out
     assert len(await db.fetch(sql.sql("claim_parallel"), "d", new, 10, 30.0)) == 1
-    assert await db.fetchval(sql.sql("record_result"), "d", 1, old, "delivered", None, 200, None) is None
-    assert await db.fetchval(sql.sql("record_result"), "d", 1, new, "parked", None, 500, "x") == 1
+
+    async def record(token: uuid.UUID, state: str, status: int) -> list[int]:
+        # $1 destination, $2 event ids, $3 tokens, $4 states, $5 next at, $6 statuses, $7 errors, $8 tenants,
+        # $9 attempts, $10 ms, $11 excerpts
+        rows = await db.fetch(sql.sql("record_results"), "d", [1], [token], [state], [None], [status], [None],
+                              ["t"], [1], [12.5], [None])
+        return [r["event_id"] for r in rows]
+
+    assert await record(old, "delivered", 200) == []
+    assert await record(new, "parked", 500) == [1]
     assert await db.fetchval("SELECT state FROM deliveries") == "parked"
+    # Both attempts are logged, the stale one too.
+    assert [r["status"] for r in await db.fetch("SELECT status FROM delivery_attempts ORDER BY id")] == [200, 500]
 
 
 async def _labelled(client, name: str, **labels: str) -> float | None:

@@ -330,7 +330,7 @@ async def test_a_sender_frozen_past_its_lease_is_taken_over_and_records_nothing_
             finally:
                 os.killpg(sender.proc.pid, signal.SIGCONT)
             # Thawed, the frozen sender finds its request timed out and records that, by its lease:
-            # its attempt is logged right after its record_result ran.
+            # its attempt is logged in the same statement (record_results).
             await until(lambda: db.fetchval("SELECT count(*) = 2 FROM delivery_attempts"),
                         "the thawed sender's attempt logged", budget.left())
             row = await db.fetchrow("SELECT state, last_status, lease_token FROM deliveries")

@@ -58,8 +58,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "delivery-stale-lease-records",
         "a worker whose lease ran out cannot record its result over a newer one's",
         "sql/delivery.sql",
-        "event_id = $2 AND lease_token = $3\nRETURNING event_id;",
-        "event_id = $2\nRETURNING event_id;",
+        "d.event_id = o.event_id AND d.lease_token = o.token",
+        "d.event_id = o.event_id",
         (f"{ENGINE}::test_a_stale_lease_cannot_record_over_a_newer_one",),
     ),
     Mutant(
