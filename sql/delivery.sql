@@ -88,12 +88,30 @@ FROM leased AS l LEFT JOIN events AS e ON e.id = l.event_id;
 -- As claim_parallel, but only each tenant's first pending delivery, and only
 -- while no delivery of that tenant holds a live lease: per (destination,
 -- tenant), event n+1 is not sent before event n got a 2xx or was parked.
+-- The tenants with something pending are found by skipping through
+-- deliveries_tenant_head (one index probe per tenant, not a pass over every
+-- pending row), and each one's head by one more probe.
 -- params: $1 destination, $2 lease token (uuid), $3 limit, $4 lease seconds
-WITH heads AS (
-    SELECT DISTINCT ON (tenant_id) destination, event_id, tenant_id, next_at, lease_until
-    FROM deliveries
-    WHERE destination = $1 AND state = 'pending'
-    ORDER BY tenant_id, xact, event_id
+WITH RECURSIVE tenants AS (
+    (SELECT tenant_id FROM deliveries
+     WHERE destination = $1 AND state = 'pending' ORDER BY tenant_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT d.tenant_id FROM deliveries AS d
+            WHERE d.destination = $1 AND d.state = 'pending' AND d.tenant_id > t.tenant_id
+            ORDER BY d.tenant_id LIMIT 1)
+    FROM tenants AS t
+    WHERE t.tenant_id IS NOT NULL
+), heads AS (
+    SELECT h.destination, h.event_id, h.tenant_id, h.next_at, h.lease_until
+    FROM tenants AS t
+    CROSS JOIN LATERAL (
+        SELECT d.destination, d.event_id, d.tenant_id, d.next_at, d.lease_until
+        FROM deliveries AS d
+        WHERE d.destination = $1 AND d.state = 'pending' AND d.tenant_id = t.tenant_id
+        ORDER BY d.xact, d.event_id
+        LIMIT 1
+    ) AS h
+    WHERE t.tenant_id IS NOT NULL
 ), due AS (
     SELECT d.destination, d.event_id
     FROM deliveries AS d JOIN heads AS h USING (destination, event_id)

@@ -57,7 +57,7 @@ GAUGE_SECONDS = 5.0
 # The shortest time between two scheduling transactions of a destination in a worker: under a
 # steady stream of commits (each one a NOTIFY) one transaction takes what came in meanwhile,
 # rather than one each, for at most this much added latency.
-SCHEDULE_INTERVAL_SECONDS = 0.005
+SCHEDULE_INTERVAL_SECONDS = 0.02
 
 
 @dataclass(frozen=True, slots=True)
