@@ -154,3 +154,10 @@ class CursorExpired(IngestError):
 
     status = 410
     code = "cursor_expired"
+
+
+class UnknownDestination(IngestError):
+    """No destination of this name is declared in the sources file ([destinations.NAME])."""
+
+    status = 404
+    code = "unknown_destination"

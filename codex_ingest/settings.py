@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from codex_ingest.delivery.config import parse_destinations
 from codex_ingest.intake.sources import SourcesConfig, SourcesError, load_sources
 
 
@@ -524,7 +525,7 @@ def load_settings(
     if values.get("sources") is not None:
         origin = "--sources" if flags.get("sources") is not None else "CODEX_SOURCES"
         try:
-            values["source_table"] = load_sources(values["sources"], environ)
+            values["source_table"] = load_sources(values["sources"], environ, destinations=parse_destinations)
         except SourcesError as exc:
             raise ConfigError(f"{origin} {exc}") from None
     if "webhook_secret" not in values:

@@ -14,7 +14,7 @@ WITH doomed AS (
     WHERE id IN (
         SELECT id FROM events WHERE received_at < $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED
     )
-    RETURNING tenant_id, xact, id
+    RETURNING tenant_id, source, xact, id
 ), last_per_tenant AS (
     SELECT DISTINCT ON (tenant_id) tenant_id, xact, id
     FROM doomed
@@ -24,5 +24,25 @@ WITH doomed AS (
     SELECT tenant_id, xact, id, pg_current_xact_id() FROM last_per_tenant
     ON CONFLICT (tenant_id) DO UPDATE SET xact = EXCLUDED.xact, id = EXCLUDED.id, generation = EXCLUDED.generation
     WHERE (h.xact, h.id) < (EXCLUDED.xact, EXCLUDED.id)
+), undelivered AS (
+    -- Push delivery: an event deleted before a destination got it is never skipped silently.
+    -- Its pending or parked delivery becomes expired (listed, counted)...
+    UPDATE deliveries AS d
+    SET state = 'expired', last_error = 'deleted by retention before it was delivered', updated_at = now()
+    FROM doomed
+    WHERE d.event_id = doomed.id AND d.state IN ('pending', 'parked')
+), unscheduled AS (
+    -- ...and one the destination's scheduler had not reached yet gets an expired row too.
+    INSERT INTO deliveries (destination, event_id, tenant_id, xact, state, last_error)
+    SELECT s.name, doomed.id, doomed.tenant_id, doomed.xact, 'expired', 'deleted by retention before it was scheduled'
+    FROM doomed
+    JOIN destination_state AS s
+      ON (doomed.xact, doomed.id) > (s.xact, s.id)
+     AND (s.sources IS NULL OR doomed.source = ANY(s.sources))
+     AND (s.tenants IS NULL OR doomed.tenant_id = ANY(s.tenants))
+    ON CONFLICT (destination, event_id) DO NOTHING
+), delivered AS (
+    -- What was delivered needs no row once its event is gone.
+    DELETE FROM deliveries AS d USING doomed WHERE d.event_id = doomed.id AND d.state = 'delivered'
 )
 SELECT count(*) FROM doomed;

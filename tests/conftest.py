@@ -122,7 +122,8 @@ def database_url(pg_admin_url: str) -> Iterator[str]:
 async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     """A connection to the shared database, emptied of events first."""
     conn = await asyncpg.connect(database_url)
-    await conn.execute("TRUNCATE events, purge_horizons RESTART IDENTITY")
+    await conn.execute("TRUNCATE events, purge_horizons, deliveries, delivery_attempts, destination_state,"
+                       " destination_sends RESTART IDENTITY")
     try:
         yield conn
     finally:

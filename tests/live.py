@@ -1,6 +1,8 @@
 """A real ``codex-ingest serve`` in a child process, on the test database:
 for tests whose clients are synchronous (schemathesis, hypothesis) or must
-not share the server's event loop (slowloris)."""
+not share the server's event loop (slowloris); and a real Standard Webhooks
+receiver (tests/delivery/receivers.py) in a child process, for a live
+service's destinations."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from pathlib import Path
 from bench.local import free_port
 from tests.cli import BASE_ENV, wait_healthy
 from tests.helpers import SECRET
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -51,12 +55,40 @@ def serve(database_url: str, **env: str) -> Iterator[Live]:
         wait_healthy(port, proc, output=lambda: Path(log.name).read_text(errors="replace"))
         yield Live("127.0.0.1", port, proc, log.name)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
         log.close()
         os.unlink(log.name)
 
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def receiver(secret: str, behaviour: str = "ok") -> Iterator[str]:
+    """``python -m tests.delivery.receivers`` on a free port of 127.0.0.1, verifying
+    every request with ``secret`` (whsec_<base64>) and answering as ``behaviour``
+    says; yields the URL to declare as a destination's ``url``. Stopped with SIGTERM."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.delivery.receivers", "--behaviour", behaviour, "--port", "0",
+         "--secret", secret],
+        cwd=REPO,
+        env=BASE_ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline().strip()  # its port, once it listens ("" if it died)
+        if not first.isdigit():
+            raise AssertionError(f"the receiver did not start (exit code {proc.poll()}, printed {first!r})")
+        yield f"http://127.0.0.1:{int(first)}/hook"
+    finally:
+        _stop(proc)
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "codex_ingest"
 # The folders that hold a concern each, and the codex_ingest folders each may import.
 # Top-level modules (settings, errors, events) are for all; web/ sits on top.
 ALLOWED = {
-    "web": {"intake", "storage", "telemetry"},
+    "web": {"delivery", "intake", "storage", "telemetry"},
+    "delivery": {"intake", "storage", "telemetry"},
     "intake": {"telemetry"},
     "storage": {"telemetry"},
     "telemetry": set(),

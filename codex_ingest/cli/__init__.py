@@ -1,5 +1,6 @@
 """The ``codex-ingest`` command: ``serve`` (serve.py), ``migrate``,
-``purge`` and ``export`` on the database (data.py), and ``smoke`` against a
+``purge`` and ``export`` on the database (data.py), ``destinations`` to
+operate push delivery (destinations.py), and ``smoke`` against a
 running service (smoke.py). This module builds the parser and dispatches.
 
 Flags are generated from settings.OPTIONS, so ``--help``, the environment
@@ -19,7 +20,8 @@ from typing import NoReturn
 from codex_ingest import __version__
 from codex_ingest.cli.common import EXIT_CONFIG, EXIT_FAILURE
 from codex_ingest.cli.data import export, migrate, purge
-from codex_ingest.cli.serve import serve
+from codex_ingest.cli.destinations import DESTINATIONS_OPTIONS, destinations
+from codex_ingest.cli.serve import check_config, serve
 from codex_ingest.cli.smoke import DEFAULT_SOURCE, DEFAULT_TENANT, DEFAULT_TIMEOUT, smoke
 from codex_ingest.settings import (
     MIGRATE_OPTIONS,
@@ -62,11 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve the ingest API (POST /pos/{source}/ingest and /ingest/batch), the read API "
         "(GET /events, with CODEX_API_TOKENS), /healthz, /readyz, /metrics and /openapi.json. "
         "Without DATABASE_URL, starts the embedded PostgreSQL in --data-dir. "
-        "Pending migrations are applied first unless --no-migrate.",
+        "Pending migrations are applied first unless --no-migrate. "
+        "With --check-config, only checks the settings and the sources file.",
     )
     _add_options(serve, SERVE_OPTIONS)
     serve.add_argument("--no-migrate", dest="no_migrate", action="store_true",
                        help="do not apply pending migrations at start")
+    serve.add_argument("--check-config", dest="check_config", action="store_true",
+                       help="load the settings and the sources file as serve does, print a summary "
+                       "(never a secret) and exit 0, or the one line saying what is wrong and exit 2; "
+                       "starts no database and no server")
 
     migrate = commands.add_parser(
         "migrate", help="apply, roll back or list schema migrations",
@@ -105,6 +112,37 @@ def build_parser() -> argparse.ArgumentParser:
                         help="received at or after this ISO 8601 time (UTC when no offset is given)")
     export.add_argument("--until", default=None, metavar="TIME", help="received before this ISO 8601 time")
     _add_options(export, MIGRATE_OPTIONS)
+
+    operate = commands.add_parser(
+        "destinations", help="push delivery's destinations: list, attempts, replay, retry, enable, disable",
+        description="Operate the destinations the sources file declares ([destinations.NAME]), as the "
+        "/destinations routes do over HTTP. Without DATABASE_URL, works on the embedded PostgreSQL in "
+        "--data-dir. A state changed here takes effect at every worker's next claim.",
+    )
+    verbs = operate.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_Parser)
+    listing = verbs.add_parser("list", help="every declared destination, its state and backlog (a table)")
+    listing.add_argument("--json", dest="as_json", action="store_true",
+                         help="one JSON object per destination and line, as GET /destinations shows each")
+    attempts = verbs.add_parser("attempts", help="a destination's attempt log, newest first, as JSON lines")
+    attempts.add_argument("name", metavar="NAME")
+    attempts.add_argument("--status", default=None,
+                          help="delivered (a 2xx), failed (anything else, no answer included) or an HTTP status")
+    attempts.add_argument("--tenant", default=None, help="only this tenant's events' attempts")
+    attempts.add_argument("--limit", default=None, metavar="N", help="at most N attempts, 1-1000 (default: 100)")
+    attempts.add_argument("--after", default=None, metavar="CURSOR",
+                          help="older than this cursor (printed on stderr as 'more: --after CURSOR' when there are more)")
+    replay = verbs.add_parser("replay", help="send again every event received since a time that the destination takes")
+    replay.add_argument("name", metavar="NAME")
+    replay.add_argument("--since", required=True, metavar="TIME",
+                        help="received at or after this ISO 8601 time (UTC when no offset is given)")
+    replay.add_argument("--tenant", default=None, help="only this tenant's events")
+    retry = verbs.add_parser("retry", help="send every parked delivery again")
+    enable = verbs.add_parser("enable", help="deliver again; pending deliveries are due now")
+    disable = verbs.add_parser("disable", help="stop delivering until enabled")
+    for sub in (retry, enable, disable):
+        sub.add_argument("name", metavar="NAME")
+    for sub in (listing, attempts, replay, retry, enable, disable):
+        _add_options(sub, DESTINATIONS_OPTIONS)
 
     smoke = commands.add_parser(
         "smoke", help="check a running service end to end; exit 0 only if every step passed",
@@ -148,11 +186,15 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         if args.command == "serve":
             settings = load_settings(SERVE_OPTIONS, flags, env, migrate=not args.no_migrate)
+        elif args.command == "destinations":
+            settings = load_settings(DESTINATIONS_OPTIONS, flags, env)
         else:
             settings = load_settings(MIGRATE_OPTIONS, flags, env)
     except ConfigError as exc:
         print(f"codex-ingest {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.command == "serve" and args.check_config:
+        return check_config(settings)
     configure_logging(settings.log_level)
     try:
         if args.command == "serve":
@@ -161,6 +203,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             return migrate(settings, args.action, rollback_all=getattr(args, "rollback_all", False))
         if args.command == "purge":
             return purge(settings, args.older_than)
+        if args.command == "destinations":
+            return destinations(settings, args.action, name=getattr(args, "name", None),
+                                status=getattr(args, "status", None), tenant=getattr(args, "tenant", None),
+                                limit=getattr(args, "limit", None), after=getattr(args, "after", None),
+                                since=getattr(args, "since", None), as_json=getattr(args, "as_json", False))
         return export(settings, tenant=None if args.all_tenants else args.tenant, source=args.source,
                       since=args.since, until=args.until)
     except EmbeddedDatabaseError as exc:

@@ -17,10 +17,16 @@ to which ``/pos/{source}/ingest``, and how each signs.
     [sources.orders.tenants]        # generic sources: each tenant its own secrets
     shop-1 = ["env:SHOP1_SECRET"]
 
+    [destinations.warehouse]        # push delivery: read by delivery/config.py
+    url = "https://hooks.example.com/codex"
+    secrets = ["env:WAREHOUSE_WHSEC"]
+
 Read once at start-up into plain, picklable data (workers are spawned with
 it); schemes.registry.build_sources turns it into verifiers. Every problem is one
 SourcesError line naming the file, the source and the key, and never a
-secret's value.
+secret's value. The [destinations.NAME] tables are handed to the parser the
+caller passes (delivery.config.parse_destinations, from settings.load_settings):
+intake imports nothing of delivery.
 """
 
 from __future__ import annotations
@@ -78,38 +84,49 @@ class SourcesConfig:
     sources: Mapping[str, SourceSpec]
     # Every declared source's scheme by name, built or not (see parse_sources' ``build``).
     schemes: Mapping[str, str] = field(default_factory=dict)
+    # Push delivery's [destinations.NAME] tables, by name: delivery.config.DestinationSpec
+    # each, built by the ``destinations`` parser given to parse_sources; empty without one.
+    destinations: Mapping[str, Any] = field(default_factory=dict)
 
 
 # Which declared sources to build, by name and scheme.
 BuildFilter = Callable[[str, str], bool]
+# Reads the file's ``destinations`` value: (value, environ, origin) -> specs by name; raises SourcesError.
+DestinationsParser = Callable[[Any, Mapping[str, str], str], Mapping[str, Any]]
 
 
-def load_sources(path: Path, environ: Mapping[str, str], *, build: BuildFilter | None = None) -> SourcesConfig:
+def load_sources(path: Path, environ: Mapping[str, str], *, build: BuildFilter | None = None,
+                 destinations: DestinationsParser | None = None) -> SourcesConfig:
     try:
         text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise SourcesError(f"cannot read {path}: {exc.strerror or exc.__class__.__name__}") from None
     except UnicodeDecodeError:
         raise SourcesError(f"{path} is not UTF-8 text") from None
-    return parse_sources(text, environ, origin=str(path), build=build)
+    return parse_sources(text, environ, origin=str(path), build=build, destinations=destinations)
 
 
 def parse_sources(
     text: str, environ: Mapping[str, str], origin: str = "<sources>", *, build: BuildFilter | None = None,
+    destinations: DestinationsParser | None = None,
 ) -> SourcesConfig:
     """The sources file's contents, every declared source built (secrets
     resolved, each key checked). ``build``, given (name, scheme), limits which
     are: the others' names and schemes are still checked and listed in
     ``schemes``, but nothing else of them is read, so a command that needs
-    one source's secret (smoke) needs no other source's variable."""
+    one source's secret (smoke) needs no other source's variable.
+    ``destinations`` reads the [destinations.NAME] tables, after the sources;
+    without it they are accepted unread (smoke needs no destination's
+    variable either) and the config's ``destinations`` is empty."""
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         # tomllib's messages give a position, not the offending text.
         raise SourcesError(f"{origin} is not valid TOML: {exc}") from None
-    unknown = set(document) - {"strict_sources", "sources"}
+    unknown = set(document) - {"strict_sources", "sources", "destinations"}
     if unknown:
-        raise SourcesError(f"{origin}: unknown top-level key(s) {', '.join(sorted(unknown))} (expected strict_sources, [sources.NAME])")
+        raise SourcesError(f"{origin}: unknown top-level key(s) {', '.join(sorted(unknown))} "
+                           "(expected strict_sources, [sources.NAME], [destinations.NAME])")
     strict = document.get("strict_sources", False)
     if not isinstance(strict, bool):
         raise SourcesError(f"{origin}: strict_sources must be true or false")
@@ -122,7 +139,8 @@ def parse_sources(
         for name, table in tables.items()
         if build is None or build(name, schemes[name])
     }
-    return SourcesConfig(strict=strict, sources=specs, schemes=schemes)
+    targets = {} if destinations is None else destinations(document.get("destinations", {}), environ, origin)
+    return SourcesConfig(strict=strict, sources=specs, schemes=schemes, destinations=targets)
 
 
 def _scheme(name: str, table: Any, origin: str) -> str:

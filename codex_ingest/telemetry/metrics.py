@@ -49,6 +49,8 @@ PROOF_OUTCOMES = frozenset({"accepted", "duplicate", "conflict"})
 # when the handler says it was verified (a 429 on the headers is not).
 PROOF_IF_VERIFIED = frozenset({"rate_limited", "unavailable"})
 
+DELIVERY_OUTCOMES = ("delivered", "retried", "parked", "expired", "disabled")
+
 _DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -65,7 +67,7 @@ class ServiceMetrics:
 
     def __init__(
         self, registry: CollectorRegistry, *, sources: Iterable[str] = (), db_error_classes: Iterable[str] = (),
-        header_drop_reasons: Iterable[str] = (), retention: bool = False,
+        header_drop_reasons: Iterable[str] = (), retention: bool = False, destinations: Iterable[str] = (),
     ) -> None:
         self.registry = registry
         self._events = Counter(
@@ -127,6 +129,40 @@ class ServiceMetrics:
             "Seconds since the oldest retained event was received (0: none); past RETENTION, the purge is not running.",
             registry=registry, multiprocess_mode="max",
         ) if retention else None
+        # Push delivery, by destination: the declared ones only, so the labels are bounded.
+        self._deliveries = Counter(
+            "codex_ingest_deliveries", "Delivery attempts by destination and outcome "
+            "(delivered, retried, parked, expired, disabled).",
+            ["destination", "outcome"], registry=registry,
+        )
+        self._delivery_duration = Histogram(
+            "codex_ingest_delivery_duration_seconds", "Time of one delivery attempt, connect to last byte.",
+            ["destination"], buckets=_DURATION_BUCKETS + (10.0, 30.0), registry=registry,
+        )
+        self._delivery_lag_events = Gauge(
+            "codex_ingest_delivery_lag_events", "Events not yet delivered to a destination (pending).",
+            ["destination"], registry=registry, multiprocess_mode="max",
+        )
+        self._delivery_lag_seconds = Gauge(
+            "codex_ingest_delivery_lag_seconds", "Age of the oldest event pending for a destination.",
+            ["destination"], registry=registry, multiprocess_mode="max",
+        )
+        self._delivery_parked = Gauge(
+            "codex_ingest_delivery_parked", "Events parked for a destination after their last retry.",
+            ["destination"], registry=registry, multiprocess_mode="max",
+        )
+        self._destination_disabled = Gauge(
+            "codex_ingest_destination_disabled", "1 while a destination is disabled (a 410, or an operator).",
+            ["destination"], registry=registry, multiprocess_mode="max",
+        )
+        self._destinations = frozenset(destinations)
+        for name in self._destinations:
+            for outcome in DELIVERY_OUTCOMES:
+                self._deliveries.labels(name, outcome)
+            self._delivery_duration.labels(name)
+            for gauge in (self._delivery_lag_events, self._delivery_lag_seconds, self._delivery_parked,
+                          self._destination_disabled):
+                gauge.labels(name).set(0)
         self._live: list[tuple[Gauge, Callable[[], float]]] = []
         build_info = Gauge(
             "codex_ingest_build_info", "Always 1; the version is a label.", ["version"],
@@ -202,6 +238,20 @@ class ServiceMetrics:
         self._started.add(label)
         for outcome in OUTCOMES:
             self._events.labels(source=label, outcome=outcome)
+
+    def delivered(self, destination: str, outcome: str, seconds: float) -> None:
+        """One delivery attempt to a declared destination."""
+        if destination in self._destinations:
+            self._deliveries.labels(destination, outcome).inc()
+            self._delivery_duration.labels(destination).observe(seconds)
+
+    def set_delivery_state(self, destination: str, *, pending: int, oldest_seconds: float, parked: int,
+                           disabled: bool) -> None:
+        if destination in self._destinations:
+            self._delivery_lag_events.labels(destination).set(pending)
+            self._delivery_lag_seconds.labels(destination).set(oldest_seconds)
+            self._delivery_parked.labels(destination).set(parked)
+            self._destination_disabled.labels(destination).set(1 if disabled else 0)
 
     def header_dropped(self, reason: str) -> None:
         """A request header a source keeps was left out of its stored event (intake/headers.py)."""

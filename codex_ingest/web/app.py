@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from codex_ingest.intake.ratelimit import RateLimiter
+from codex_ingest.delivery.engine import DeliveryEngine
 from codex_ingest.intake.headers import DROP_REASONS
 from codex_ingest.intake.reader import EventReader
 from codex_ingest.intake.schemes.base import Clock
@@ -66,6 +67,7 @@ def create_app(settings: Settings, *, queries: Queries | None = None, clock: Clo
         sources=settings.source_table.sources if settings.source_table is not None else (),
         db_error_classes=ERROR_CLASSES,
         header_drop_reasons=DROP_REASONS,
+        destinations=settings.source_table.destinations if settings.source_table is not None else (),
         retention=settings.retention is not None,
     )
     # Every source's scheme is built once, here, not per request.
@@ -92,6 +94,8 @@ def held_secrets(settings: Settings) -> list[str]:
             held.extend(spec.secrets)
             for secrets in (spec.tenants or {}).values():
                 held.extend(secrets)
+        for destination in settings.source_table.destinations.values():
+            held.extend(destination.secrets)
     return [secret for secret in held if secret]
 
 
@@ -100,7 +104,8 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     assert settings.database_url is not None  # create_app checked it
     pool = await create_pool(settings)
     watch = None
-    if keys.READ_AUTH in app:
+    destinations = settings.source_table.destinations if settings.source_table is not None else {}
+    if keys.READ_AUTH in app or destinations:
         # Readers wait at the head on this worker's listener; new commits wake them.
         # LISTEN needs a session: LISTEN_DATABASE_URL bypasses a transaction pooler.
         watch = HeadWatch(settings.listen_database_url or settings.database_url,
@@ -136,9 +141,22 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         writer = DirectWriter(store, timeout=settings.db_write_timeout, retry_after=settings.retry_after_seconds)
     app[keys.WRITER] = writer
     app[keys.METRICS].watch_pool(pool.get_size, lambda: pool.get_size() - pool.get_idle_size())
+    engine = None
     try:
+        if destinations:
+            # Push delivery: woken by the same NOTIFY as waiting readers (docs/delivery.md).
+            metrics = app[keys.METRICS]
+            engine = DeliveryEngine(
+                pool, app[keys.QUERIES], destinations, watch=watch, record=metrics.delivered,
+                gauges=lambda row: metrics.set_delivery_state(
+                    row["name"], pending=row["pending"], oldest_seconds=row["oldest_seconds"], parked=row["parked"],
+                    disabled=row["state"] == "disabled"),
+            )
+            await engine.start()
         yield
     finally:
+        if engine is not None:
+            await engine.close()
         if watch is not None:
             await watch.close()
         # Pending and in-flight batches are written and answered before the

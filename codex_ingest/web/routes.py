@@ -7,6 +7,16 @@ from aiohttp import web
 from codex_ingest.web.appkeys import METRICS, READ_AUTH, SETTINGS
 from codex_ingest.web.batch import ingest_batch
 from codex_ingest.web.body import continue_within_limit
+from codex_ingest.web.destinations import (
+    continue_small,
+    destination_attempts,
+    disable,
+    enable,
+    list_destinations,
+    replay,
+    retry,
+    setup_destinations,
+)
 from codex_ingest.web.ingest import ingest
 from codex_ingest.web.openapi import openapi_document
 from codex_ingest.web.probes import MetricsEndpoint, healthz, readyz
@@ -23,3 +33,11 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/openapi.json", openapi_document)
     if READ_AUTH in app:  # reading is off (404) until CODEX_API_TOKENS names a token
         app.router.add_get("/events", read_events, allow_head=False)
+        # Operating push delivery, with a token scoped * (web/destinations.py).
+        setup_destinations(app)
+        app.router.add_get("/destinations", list_destinations, allow_head=False)
+        app.router.add_get("/destinations/{name}/attempts", destination_attempts, allow_head=False)
+        app.router.add_post("/destinations/{name}/replay", replay, expect_handler=continue_small)
+        app.router.add_post("/destinations/{name}/retry", retry, expect_handler=continue_small)
+        app.router.add_post("/destinations/{name}/enable", enable, expect_handler=continue_small)
+        app.router.add_post("/destinations/{name}/disable", disable, expect_handler=continue_small)

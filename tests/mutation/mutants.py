@@ -38,8 +38,94 @@ FEED = "tests/web/test_feed.py"
 FEED_ORDER = "tests/storage/test_feed_order.py"
 HEADERS = "tests/intake/test_headers.py"
 STORED_HEADERS = "tests/web/test_stored_headers.py"
+ENGINE = "tests/delivery/test_engine.py"
+ENGINE_ORDER = "tests/delivery/test_engine_order.py"
+ENGINE_PROCESSES = "tests/delivery/test_engine_processes.py"
+ENGINE_ANSWERS = "tests/delivery/test_engine_answers.py"
+DELIVERY_ADMIN = "tests/delivery/test_admin_api.py"
 
 MUTANTS: tuple[Mutant, ...] = (
+    # -- push delivery ------------------------------------------------------------------------
+    Mutant(
+        "delivery-schedule-past-the-horizon",
+        "delivery follows the read side's horizon: an event that commits late is still delivered",
+        "sql/delivery.sql",
+        "      AND e.xact < (SELECT pg_snapshot_xmin(pg_current_snapshot()))\n",
+        "",
+        (f"{ENGINE_ORDER}::test_an_event_that_commits_late_is_delivered_once",),
+    ),
+    Mutant(
+        "delivery-stale-lease-records",
+        "a worker whose lease ran out cannot record its result over a newer one's",
+        "sql/delivery.sql",
+        "d.event_id = o.event_id AND d.lease_token = o.token",
+        "d.event_id = o.event_id",
+        (f"{ENGINE}::test_a_stale_lease_cannot_record_over_a_newer_one",),
+    ),
+    Mutant(
+        "delivery-ordered-head-not-rechecked",
+        "ordered: two workers never send a tenant's head at once (the locked row is checked again)",
+        "sql/delivery.sql",
+        "      AND d.state = 'pending' AND d.next_at <= now() AND (d.lease_until IS NULL OR d.lease_until < now())\n",
+        "",
+        (f"{ENGINE_PROCESSES}::test_two_processes_deliver_every_event_exactly_once[ordered]",),
+    ),
+    Mutant(
+        "delivery-disabled-still-sends",
+        "a disabled destination is sent nothing until it is enabled",
+        "sql/delivery.sql",
+        "      AND (lease_until IS NULL OR lease_until < now())\n      AND EXISTS",
+        "      AND (lease_until IS NULL OR lease_until < now())\n      AND TRUE OR EXISTS",
+        (f"{DELIVERY_ADMIN}::test_disable_stops_deliveries_and_enable_resumes_them",),
+    ),
+    Mutant(
+        "delivery-replay-clears-a-live-lease",
+        "a replay leaves a delivery in flight to its sender: never sent twice at once",
+        "sql/delivery.sql",
+        "    WHERE NOT (d.state = 'pending' AND d.lease_until > now())\n",
+        "",
+        (f"{DELIVERY_ADMIN}::test_replay_leaves_a_delivery_in_flight_to_its_sender",),
+    ),
+    Mutant(
+        "delivery-gone-not-disabling",
+        "a 410 Gone disables the destination at once",
+        "codex_ingest/delivery/engine.py",
+        "            if outcome.disable:\n                async with",
+        "            if False:\n                async with",
+        (f"{ENGINE}::test_410_gone_disables_the_destination",),
+    ),
+    Mutant(
+        "delivery-redirects-followed",
+        "a 3xx is a failure: redirects are never followed",
+        "codex_ingest/delivery/engine.py",
+        "headers=headers, allow_redirects=False",
+        "headers=headers, allow_redirects=True",
+        (ENGINE_ANSWERS,),
+    ),
+    Mutant(
+        "delivery-throttle-unlocked",
+        "max_per_second holds across every worker and replica",
+        "codex_ingest/delivery/engine.py",
+        'await conn.execute(self._sql["throttle_lock"], name)',
+        "pass",
+        (f"{ENGINE_PROCESSES}::test_max_per_second_holds_across_two_processes",),
+    ),
+    Mutant(
+        "delivery-throttled-lease-not-renewed",
+        "an event waiting for a throttle slot longer than a lease is still sent once",
+        "codex_ingest/delivery/engine.py",
+        'if await conn.fetchval(self._sql["renew_lease"], name, row["event_id"], token, lease_seconds) is None:',
+        "if False:",
+        (f"{ENGINE_ORDER}::test_a_throttle_slower_than_the_lease_still_sends_each_event_once",),
+    ),
+    Mutant(
+        "delivery-loopback-allowed",
+        "by default nothing is sent to a loopback address",
+        "codex_ingest/delivery/ssrf.py",
+        '    if address.is_loopback:\n        return "loopback"',
+        '    if False:\n        return "loopback"',
+        ("tests/delivery/test_ssrf.py::test_by_default_a_loopback_destination_is_refused_and_nothing_arrives",),
+    ),
     # -- the combined feed: the same promises across tenants -----------------------------------
     Mutant(
         "feed-past-the-delivery-horizon",

@@ -204,6 +204,8 @@ def test_every_alert_has_severity_for_annotations_and_a_runbook_anchor() -> None
         "CodexIngestDatabaseUnavailable", "CodexIngestServerErrors", "CodexIngestIngestLatencyHigh",
         "CodexIngestSignatureRejectionsSpike", "CodexIngestDown", "CodexIngestAbsent",
         "CodexIngestReadHorizonLag", "CodexIngestPurgeNotRunning",
+        "CodexIngestDestinationFailing", "CodexIngestDestinationDisabled", "CodexIngestDeliveryParkedGrowing",
+        "CodexIngestDeliveryLagNearRetention",
     }
 
 
@@ -228,6 +230,10 @@ BROKEN_EXPRESSIONS = {
     "CodexIngestAbsent": ('job="codex-ingest"', 'job="codex-ingest-renamed"'),
     "CodexIngestReadHorizonLag": ("> 300", "> 200"),
     "CodexIngestPurgeNotRunning": ("7 * 86400 + 3600", "7 * 86400"),
+    "CodexIngestDestinationFailing": ("> 0.5", "> 0.9"),
+    "CodexIngestDestinationDisabled": ("== 1", "== 2"),
+    "CodexIngestDeliveryParkedGrowing": ("> 0", "> 100"),
+    "CodexIngestDeliveryLagNearRetention": ("0.8 * 7 * 86400", "7 * 86400"),
 }
 
 
@@ -410,7 +416,10 @@ def stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     assert BINARIES is not None
     directory = tmp_path_factory.mktemp("prometheus")
     sources_file = directory / "sources.toml"
-    sources_file.write_text(f'[sources.{COUNTED_SOURCE}]\nscheme = "hmac-sha256-body"\nsecrets = ["{SECRET}"]\n')
+    # A destination too, so that push delivery's series exist (its receiver need not: nothing listens there).
+    sources_file.write_text(f'[sources.{COUNTED_SOURCE}]\nscheme = "hmac-sha256-body"\nsecrets = ["{SECRET}"]\n'
+                            '[destinations.ops-backend]\nurl = "http://127.0.0.1:9/hook"\n'
+                            'secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]\nallow_private_network = true\n')
     with serve_workers(
         database_url, directory, WORKERS,
         CODEX_API_TOKENS=f"{READ_TOKEN}=*",  # the read side's gauges

@@ -1,0 +1,1 @@
+"""Push delivery: stored events forwarded to the team's own HTTP endpoints."""
