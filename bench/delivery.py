@@ -165,10 +165,11 @@ class Bench:
                 raise RuntimeError(f"timed out waiting for {what}")
             time.sleep(every)
 
-    async def states(self, name: str) -> dict[str, int]:
+    async def states(self, name: str, ids: list[int]) -> dict[str, int]:
+        """How many of these events' deliveries to ``name`` are in each state."""
         async with connection(self.url) as conn:
-            rows = await conn.fetch("SELECT state, count(*) AS n FROM deliveries WHERE destination = $1 GROUP BY state",
-                                    name)
+            rows = await conn.fetch("SELECT state, count(*) AS n FROM deliveries"
+                                    " WHERE destination = $1 AND event_id = ANY($2::bigint[]) GROUP BY state", name, ids)
         return {r["state"]: r["n"] for r in rows}
 
     # -- 1. drain ----------------------------------------------------------------------------
@@ -208,7 +209,7 @@ class Bench:
             service_cpu = self.service_cpu(service) - cpu_before
             receiver_cpu = cpu_seconds([self.receiver.pid]) - receiver_before
             db_cpu = cpu_between(db_before, server_cpu(self.server))
-            self.wait(lambda: asyncio.run(self.states(name)) == {"delivered": len(ids)}, f"{name}: every delivery recorded",
+            self.wait(lambda: asyncio.run(self.states(name, ids)) == {"delivered": len(ids)}, f"{name}: every delivery recorded",
                       every=0.2)
         got = self.arrivals(start_count)
         delivered = {a[0] for a in got["arrivals"]}
