@@ -178,7 +178,8 @@ def test_the_headers_and_feed_migrations_leave_old_rows_without_headers_and_roll
         assert index is not None and index[0].endswith("(xact, id)"), index
         valid = conn.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = 'events_feed'::regclass").fetchone()
         assert valid == (True,)
-    assert migrations.rollback(url, count=3) == ["0005_purge_generation", "0004_feed_order", "0003_event_headers"]
+    assert migrations.rollback(url, count=4) == ["0006_delivery", "0005_purge_generation", "0004_feed_order",
+                                                 "0003_event_headers"]
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT to_regclass('events_feed')").fetchone() == (None,)
     assert set(schema(url)["columns"]) == set(EXPECTED_COLUMNS) - {"headers"}
