@@ -31,20 +31,20 @@ import itertools
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import asyncpg
 import pytest
 
-from codex_ingest.delivery.config import parse_destinations
-from codex_ingest.intake.sources import parse_sources
 from codex_ingest.storage.queries import load_queries
-from codex_ingest.web.app import create_app
 from tests.db_faults import hold_key
+from tests.delivery import test_engine as engine_tests
 from tests.delivery.receivers import Arrival, Behaviour, Call, Outcome, Receiver, Reply, fails_then, ok, receiver
+from tests.delivery.test_engine import SECRET, destination_toml
 from tests.helpers import headers, in_background, until
 
-SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # base64 of 24 bytes
+delivering = engine_tests.delivering  # the fixture: the app with these destinations, its engine running
+
 SOURCE = "orders"
 # Retries every 0.1 s, for a minute: an event held failing by a test is still
 # being retried (pending, not parked) long after every wait here has ended.
@@ -52,25 +52,6 @@ KEEP_RETRYING = "[" + ", ".join(["0.1"] * 600) + "]"
 
 
 # --------------------------------------------------------------------------- harness
-
-
-def destination_toml(name: str, url: str, **keys: object) -> str:
-    lines = [f"[destinations.{name}]", f'url = "{url}"', f'secrets = ["{SECRET}"]', "allow_private_network = true"]
-    for key, value in keys.items():
-        lines.append(f"{key} = {str(value).lower() if isinstance(value, bool) else value}")
-    return "\n".join(lines) + "\n"
-
-
-@pytest.fixture
-def delivering(aiohttp_client, settings, db):
-    """A client of the app with these destinations (TOML), its engine running."""
-
-    async def make(toml: str, **changes: object):
-        table = parse_sources(toml, {}, destinations=parse_destinations)
-        app = create_app(replace(settings, source_table=table, **changes))
-        return await aiohttp_client(app)
-
-    return make
 
 
 def body_of(tenant: str, key: str) -> bytes:

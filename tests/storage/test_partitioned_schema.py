@@ -17,7 +17,9 @@ from codex_ingest.storage.queries import load_queries
 from codex_ingest.storage.retention import purge
 from codex_ingest.storage.store import EventStore
 
-SCHEMA = Path(__file__).resolve().parents[2] / "deploy" / "citus" / "events_by_tenant.sql"
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = ROOT / "deploy" / "citus" / "events_by_tenant.sql"
+DELIVERY_TABLES = ROOT / "migrations" / "0006_delivery.sql"  # applied as it is, after the schema
 TENANTS = [f"tenant-{n}" for n in range(12)]
 
 
@@ -30,6 +32,7 @@ async def sharded(new_database):
     url = new_database()
     conn = await asyncpg.connect(url)
     await conn.execute(SCHEMA.read_text())
+    await conn.execute(DELIVERY_TABLES.read_text())
     pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
     queries = load_queries()
     try:
