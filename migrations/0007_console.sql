@@ -1,0 +1,28 @@
+-- The console (docs/console-design.md): operators' sessions, and the audit of
+-- what they changed from it.
+-- depends: 0006_delivery
+
+-- One row per signed-in browser. The cookie carries 32 random bytes; only
+-- their SHA-256 is kept, so the table gives no live session away. token_sha256
+-- says which read token signed in: its scope is looked up in the running
+-- configuration on each request, so a token removed from CODEX_API_TOKENS
+-- ends its sessions.
+CREATE TABLE console_sessions (
+    id_sha256    bytea       PRIMARY KEY CHECK (octet_length(id_sha256) = 32),
+    token_sha256 bytea       NOT NULL CHECK (octet_length(token_sha256) = 32),
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    expires_at   timestamptz NOT NULL
+);
+CREATE INDEX console_sessions_expiry ON console_sessions (expires_at);
+
+-- Every replay, retry, enable and disable made from the console: who (the
+-- first 12 hex digits of the token's SHA-256, never the token), what, when.
+CREATE TABLE console_audit (
+    id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at          timestamptz NOT NULL DEFAULT now(),
+    actor       text        NOT NULL,
+    action      text        NOT NULL,
+    destination text,
+    detail      jsonb
+);
+CREATE INDEX console_audit_destination ON console_audit (destination, id DESC);
