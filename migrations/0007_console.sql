@@ -26,3 +26,6 @@ CREATE TABLE console_audit (
     detail      jsonb
 );
 CREATE INDEX console_audit_destination ON console_audit (destination, id DESC);
+
+-- An event's delivery attempts, for its page.
+CREATE INDEX delivery_attempts_event ON delivery_attempts (event_id, id);

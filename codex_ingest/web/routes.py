@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from codex_ingest.web.console.pages import console_app
 from codex_ingest.web.appkeys import METRICS, READ_AUTH, SETTINGS
 from codex_ingest.web.batch import ingest_batch
 from codex_ingest.web.body import continue_within_limit
@@ -41,3 +42,5 @@ def setup_routes(app: web.Application) -> None:
         app.router.add_post("/destinations/{name}/retry", retry, expect_handler=continue_small)
         app.router.add_post("/destinations/{name}/enable", enable, expect_handler=continue_small)
         app.router.add_post("/destinations/{name}/disable", disable, expect_handler=continue_small)
+        # The operator's pages, signed in with a read token (console/).
+        app.add_subapp("/console/", console_app(app))

@@ -1,0 +1,64 @@
+-- The console's statements (codex_ingest/console/). Parameters are
+-- positional; the console names each one where it binds them.
+
+-- name: console_create_session
+-- params: $1 the session id's SHA-256, $2 the token's SHA-256, $3 lifetime in seconds
+INSERT INTO console_sessions (id_sha256, token_sha256, expires_at)
+VALUES ($1, $2, now() + make_interval(secs => $3));
+
+-- name: console_find_session
+-- The token a live session was opened with; no row: none, or expired.
+-- params: $1 the session id's SHA-256
+SELECT token_sha256 FROM console_sessions WHERE id_sha256 = $1 AND expires_at > now();
+
+-- name: console_end_session
+-- params: $1 the session id's SHA-256
+DELETE FROM console_sessions WHERE id_sha256 = $1;
+
+-- name: console_purge_sessions
+-- Expired sessions, deleted on each sign-in (console_sessions_expiry).
+DELETE FROM console_sessions WHERE expires_at <= now();
+
+-- name: console_events
+-- A page of events, newest first in delivery order reversed: (xact, id)
+-- descending, below the delivery horizon, from before ($6, $7) when given.
+-- A page never repeats or skips an event while new ones arrive: a late
+-- commit lands above where the paging started (its transaction was running
+-- then, so its xact is at or past that horizon), never below it. Served by
+-- events_delivery with a tenant, by events_feed without.
+-- params: $1 tenants the token may read (NULL: every tenant), $2 tenant, $3 source,
+--         $4 received from, $5 received before, $6 before xact (text), $7 before id, $8 limit,
+--         $9 event id searched, $10 idempotency key searched (each NULL: no filter)
+SELECT e.id, e.tenant_id, e.source, e.idempotency_key, e.received_at, octet_length(e.body) AS size,
+       e.xact::text AS xact
+FROM events AS e
+WHERE e.xact < (SELECT pg_snapshot_xmin(pg_current_snapshot()))
+  AND ($6::text IS NULL OR (e.xact, e.id) < ($6::text::xid8, $7::bigint))
+  AND ($1::text[] IS NULL OR e.tenant_id = ANY($1::text[]))
+  AND ($2::text IS NULL OR e.tenant_id = $2::text)
+  AND ($3::text IS NULL OR e.source = $3::text)
+  AND ($4::timestamptz IS NULL OR e.received_at >= $4::timestamptz)
+  AND ($5::timestamptz IS NULL OR e.received_at < $5::timestamptz)
+  AND ($9::bigint IS NULL OR e.id = $9::bigint)
+  AND ($10::text IS NULL OR e.idempotency_key = $10::text)
+ORDER BY e.xact DESC, e.id DESC
+LIMIT $8;
+
+-- name: console_event_deliveries
+-- Each listed event's delivery state per destination.
+-- params: $1 event ids
+SELECT event_id, destination, state FROM deliveries WHERE event_id = ANY($1::bigint[]);
+
+-- name: console_event
+-- One event, when the token may read its tenant.
+-- params: $1 event id, $2 tenants the token may read (NULL: every tenant)
+SELECT id, tenant_id, source, idempotency_key, received_at, content_type, headers::text AS headers, body,
+       body_sha256, xact::text AS xact
+FROM events
+WHERE id = $1 AND ($2::text[] IS NULL OR tenant_id = ANY($2::text[]));
+
+-- name: console_event_attempts
+-- An event's delivery attempts, oldest first (delivery_attempts_event).
+-- params: $1 event id
+SELECT destination, attempt, status, error, duration_ms, response_excerpt, at
+FROM delivery_attempts WHERE event_id = $1 ORDER BY id;
