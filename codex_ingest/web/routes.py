@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from codex_ingest.web.console.pages import console_app
 from codex_ingest.web.appkeys import METRICS, READ_AUTH, SETTINGS
 from codex_ingest.web.batch import ingest_batch
 from codex_ingest.web.body import continue_within_limit
+from codex_ingest.web.console.pages import console_app
 from codex_ingest.web.destinations import (
     continue_small,
     destination_attempts,

@@ -16,11 +16,11 @@ import jinja2
 import orjson
 from aiohttp import web
 
-from codex_ingest.web.console.guard import guard
-from codex_ingest.web.console.sessions import COOKIE, LIFETIME_SECONDS, Operator, Sessions
 from codex_ingest.intake.checks import SOURCE_PATTERN, TENANT_PATTERN
 from codex_ingest.storage.dberrors import translated
 from codex_ingest.web.appkeys import METRICS, QUERIES, READ_AUTH, SETTINGS
+from codex_ingest.web.console.guard import guard
+from codex_ingest.web.console.sessions import COOKIE, LIFETIME_SECONDS, Operator, Sessions
 from codex_ingest.web.destinations import ADMIN_POOL
 
 SESSIONS = web.AppKey("console_sessions", Sessions)
