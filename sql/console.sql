@@ -62,3 +62,33 @@ WHERE id = $1 AND ($2::text[] IS NULL OR tenant_id = ANY($2::text[]));
 -- params: $1 event id
 SELECT destination, attempt, status, error, duration_ms, response_excerpt, at
 FROM delivery_attempts WHERE event_id = $1 ORDER BY id;
+
+-- name: console_audit_write
+-- params: $1 actor, $2 action, $3 destination, $4 detail (jsonb text)
+INSERT INTO console_audit (actor, action, destination, detail) VALUES ($1, $2, $3, $4::jsonb);
+
+-- name: console_audit_of
+-- A destination's latest audit rows, newest first (console_audit_destination).
+-- params: $1 destination, $2 limit
+SELECT at, actor, action, detail::text AS detail FROM console_audit
+WHERE destination = $1 ORDER BY id DESC LIMIT $2;
+
+-- name: console_replay_count
+-- How many events a replay since $2 would send again (what the confirmation shows).
+-- params: $1 since, $2 tenant (NULL: all), $3 sources (NULL: all), $4 tenants (NULL: all)
+SELECT count(*) FROM events
+WHERE received_at >= $1
+  AND ($2::text IS NULL OR tenant_id = $2)
+  AND ($3::text[] IS NULL OR source = ANY($3::text[]))
+  AND ($4::text[] IS NULL OR tenant_id = ANY($4::text[]));
+
+-- name: console_retry_event
+-- One event's delivery to one destination, due again now with its original
+-- webhook-id (left alone while a send of it is in flight). Returns the row.
+-- params: $1 destination, $2 event id
+INSERT INTO deliveries AS d (destination, event_id, tenant_id, xact)
+SELECT $1, e.id, e.tenant_id, e.xact FROM events AS e WHERE e.id = $2
+ON CONFLICT (destination, event_id) DO UPDATE
+SET state = 'pending', next_at = now(), attempts = 0, lease_token = NULL, lease_until = NULL, updated_at = now()
+WHERE NOT (d.state = 'pending' AND d.lease_until > now())
+RETURNING d.event_id;

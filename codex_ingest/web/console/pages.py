@@ -16,12 +16,14 @@ import jinja2
 import orjson
 from aiohttp import web
 
+from codex_ingest.delivery.config import ALL
+from codex_ingest.errors import UnknownDestination
 from codex_ingest.intake.checks import SOURCE_PATTERN, TENANT_PATTERN
 from codex_ingest.storage.dberrors import translated
 from codex_ingest.web.appkeys import METRICS, QUERIES, READ_AUTH, SETTINGS
 from codex_ingest.web.console.guard import guard
 from codex_ingest.web.console.sessions import COOKIE, LIFETIME_SECONDS, Operator, Sessions
-from codex_ingest.web.destinations import ADMIN_POOL
+from codex_ingest.web.destinations import ADMIN, ADMIN_POOL
 
 SESSIONS = web.AppKey("console_sessions", Sessions)
 PAGE_SIZE = 50
@@ -45,6 +47,10 @@ def console_app(parent: web.Application) -> web.Application:
     app.router.add_get("/events", events_page)
     app.router.add_get("/events/{id}", event_page)
     app.router.add_get("/events/{id}/body", event_body)
+    app.router.add_post("/events/{id}/retry", retry_event)
+    app.router.add_get("/destinations", destinations_page)
+    app.router.add_get("/destinations/{name}", destination_page)
+    app.router.add_post("/destinations/{name}/{action:retry|enable|disable|replay}", destination_action)
     return app
 
 
@@ -186,14 +192,19 @@ def _shown_body(body: bytes) -> dict[str, Any]:
 
 async def event_page(request: web.Request) -> web.StreamResponse:
     who, row = await _event(request)
+    sql = request.config_dict[QUERIES].sql
     async with _connection(request) as conn:
-        attempts = await conn.fetch(request.config_dict[QUERIES].sql("console_event_attempts"), row["id"])
+        attempts = await conn.fetch(sql("console_event_attempts"), row["id"])  # $1 event id
+        states = {r["destination"]: r["state"] for r in await conn.fetch(sql("console_event_deliveries"), [row["id"]])}
+    table = request.config_dict[SETTINGS].source_table
+    declared = sorted(table.destinations) if table is not None else []
     body = bytes(row["body"])
     headers = orjson.loads(row["headers"]) if row["headers"] is not None else None
     return aiohttp_jinja2.render_template("event.html", request, {
         "event": row, "size": len(body), "sha256": bytes(row["body_sha256"]).hex(),
         "computed_sha256": hashlib.sha256(body).hexdigest(), "headers": headers if isinstance(headers, dict) else None,
         "body": _shown_body(body), "attempts": attempts, "operator": who,
+        "deliveries": [(name, states.get(name)) for name in declared], "may_change": who.tenants is None,
     })
 
 
@@ -201,3 +212,99 @@ async def event_body(request: web.Request) -> web.StreamResponse:
     _, row = await _event(request)
     return web.Response(body=bytes(row["body"]), content_type="application/octet-stream", headers={
         "Content-Disposition": f'attachment; filename="event-{int(row["id"])}.bin"'})
+
+
+# -- destinations: every change needs a token scoped *, as the HTTP API does --------------------
+
+
+def _every_tenant(who: Operator) -> None:
+    if who.tenants is not None:
+        raise web.HTTPForbidden(text="only a token that reads every tenant may change deliveries")
+
+
+def _destination(request: web.Request, name: str) -> Any:
+    try:
+        return request.config_dict[ADMIN].spec(name)
+    except UnknownDestination:
+        raise web.HTTPNotFound() from None
+
+
+async def _audit(conn: asyncpg.Connection, request: web.Request, who: Operator, action: str, destination: str,
+                 detail: dict[str, Any]) -> None:
+    # $1 actor, $2 action, $3 destination, $4 detail
+    await conn.execute(request.config_dict[QUERIES].sql("console_audit_write"), who.name, action, destination,
+                       orjson.dumps(detail).decode())
+
+
+async def destinations_page(request: web.Request) -> web.StreamResponse:
+    who = await _operator(request)
+    _every_tenant(who)
+    async with _connection(request) as conn:
+        listed = await request.config_dict[ADMIN].overview(conn)
+    return aiohttp_jinja2.render_template("destinations.html", request, {"destinations": listed, "operator": who})
+
+
+async def destination_page(request: web.Request) -> web.StreamResponse:
+    who = await _operator(request)
+    _every_tenant(who)
+    name = request.match_info["name"]
+    _destination(request, name)
+    async with _connection(request) as conn:
+        shown = next(d for d in await request.config_dict[ADMIN].overview(conn) if d["name"] == name)
+        audit = await conn.fetch(request.config_dict[QUERIES].sql("console_audit_of"), name, 50)  # $1 name, $2 limit
+    return aiohttp_jinja2.render_template("destination.html", request, {
+        "destination": shown, "audit": audit, "operator": who, "confirm": None})
+
+
+async def destination_action(request: web.Request) -> web.StreamResponse:
+    who = await _operator(request)
+    _every_tenant(who)
+    name, action = request.match_info["name"], request.match_info["action"]
+    spec = _destination(request, name)
+    admin = request.config_dict[ADMIN]
+    form = await request.post()
+    detail: dict[str, Any] = {}
+    async with _connection(request) as conn:
+        if action == "replay":
+            since = _time(str(form.get("since") or ""))
+            if since is None:
+                raise web.HTTPBadRequest(text="a replay needs a time to start from")
+            tenant = _choice(str(form.get("tenant") or ""), TENANT_PATTERN, "tenant")
+            if form.get("confirm") != "yes":
+                count = await conn.fetchval(
+                    request.config_dict[QUERIES].sql("console_replay_count"), since, tenant,
+                    None if spec.sources == (ALL,) else list(spec.sources),
+                    None if spec.tenants == (ALL,) else list(spec.tenants),
+                )  # $1 since, $2 tenant, $3 sources, $4 tenants
+                shown = next(d for d in await admin.overview(conn) if d["name"] == name)
+                audit = await conn.fetch(request.config_dict[QUERIES].sql("console_audit_of"), name, 50)
+                return aiohttp_jinja2.render_template("destination.html", request, {
+                    "destination": shown, "audit": audit, "operator": who,
+                    "confirm": {"count": count, "since": form.get("since"), "tenant": tenant or ""}})
+            async with conn.transaction():
+                detail = {"since": since.isoformat(), "tenant": tenant,
+                          "replayed": await admin.replay(conn, name, since, tenant)}
+                await _audit(conn, request, who, action, name, detail)
+        else:
+            async with conn.transaction():
+                if action == "retry":
+                    detail = {"retried": await admin.retry(conn, name)}
+                elif action == "enable":
+                    await admin.enable(conn, name)
+                else:
+                    await admin.disable(conn, name)
+                await _audit(conn, request, who, action, name, detail)
+    raise web.HTTPSeeOther(f"/console/destinations/{name}")
+
+
+async def retry_event(request: web.Request) -> web.StreamResponse:
+    who, row = await _event(request)
+    _every_tenant(who)
+    form = await request.post()
+    name = str(form.get("destination") or "")
+    _destination(request, name)
+    async with _connection(request) as conn, conn.transaction():
+        # $1 destination, $2 event id
+        await conn.fetchval(request.config_dict[QUERIES].sql("console_retry_event"), name, row["id"])
+        await _audit(conn, request, who, "retry_event", name, {"event_id": row["id"]})
+    raise web.HTTPSeeOther(f"/console/events/{row['id']}")
