@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import live as live_service
+from tests.delivery.test_engine import SECRET as WHSEC
 from tests.helpers import READ_TOKEN, headers
 
 pytestmark = pytest.mark.needs_program("chromium", "chromedriver")
@@ -113,3 +115,53 @@ def test_sign_in_filter_search_and_a_hostile_event_stays_text(live, db, browser,
     assert violations == [], violations
     assert READ_TOKEN not in driver.current_url and READ_TOKEN not in driver.page_source
     assert all(READ_TOKEN not in c["value"] for c in driver.get_cookies())
+
+
+def sign_in_as_operator(driver, base_url: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{base_url}/console/signin")
+    driver.find_element(By.NAME, "token").send_keys(READ_TOKEN)
+    driver.find_element(By.CSS_SELECTOR, "form[action='/console/signin'] button").click()
+
+
+def delivery_state(driver, destination: str) -> str | None:
+    from selenium.webdriver.common.by import By
+
+    for row in driver.find_elements(By.CSS_SELECTOR, "#deliveries tbody tr"):
+        cells = row.find_elements(By.TAG_NAME, "td")
+        if cells and cells[0].text == destination:
+            return cells[1].text
+    return None
+
+
+def test_a_parked_delivery_is_retried_from_its_event_page(database_url, db, browser, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = browser
+    with live_service.receiver(WHSEC, "fails-then-ok", "--times", "2", "--per", "webhook-id") as url:
+        sources = tmp_path / "sources.toml"
+        sources.write_text(f'[destinations.backend]\nurl = "{url}"\nsecrets = ["{WHSEC}"]\n'
+                           "allow_private_network = true\nretry_schedule = [0.05]\n")
+        with live_service.serve(database_url, CODEX_API_TOKENS=f"{READ_TOKEN}=*", CODEX_SOURCES=str(sources)) as service:
+            event_id = post(service.url, "shop-1", "order-1", {"type": "order.created"})
+            sign_in_as_operator(driver, service.url)
+            page = f"{service.url}/console/events/{event_id}"
+
+            def shows(state: str):
+                def check(_driver) -> bool:
+                    driver.get(page)
+                    return delivery_state(driver, "backend") == state
+                return check
+
+            # Two failures: the first attempt and its one retry, then parked.
+            WebDriverWait(driver, 30, poll_frequency=0.2).until(shows("parked"))
+            driver.find_element(By.CSS_SELECTOR, "#deliveries button.retry").click()
+            assert driver.current_url == page
+            WebDriverWait(driver, 30, poll_frequency=0.2).until(shows("delivered"))
+            statuses = [row.find_elements(By.TAG_NAME, "td")[2].text
+                        for row in driver.find_elements(By.CSS_SELECTOR, "#attempts tbody tr")]
+            assert statuses == ["500", "500", "200"]
+            screenshot(driver, tmp_path, "event-retried")
+            assert [e for e in driver.get_log("browser") if "Content Security Policy" in e.get("message", "")] == []

@@ -8,6 +8,7 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp_jinja2
@@ -41,6 +42,7 @@ def console_app(parent: web.Application) -> web.Application:
     app[SESSIONS] = Sessions(parent[QUERIES], parent[READ_AUTH])
     aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("codex_ingest.web.console", "templates"), autoescape=True)
     app.router.add_get("/", home)
+    app.router.add_get("/static/console.css", style_sheet)
     app.router.add_get("/signin", sign_in_page)
     app.router.add_post("/signin", sign_in)
     app.router.add_post("/signout", sign_out)
@@ -69,6 +71,13 @@ async def _operator(request: web.Request) -> Operator:
     if who is None:
         raise web.HTTPSeeOther("/console/signin")
     return who
+
+
+_STYLE_SHEET = (Path(__file__).parent / "static" / "console.css").read_bytes()
+
+
+async def style_sheet(request: web.Request) -> web.StreamResponse:
+    return web.Response(body=_STYLE_SHEET, content_type="text/css")
 
 
 async def home(request: web.Request) -> web.StreamResponse:
