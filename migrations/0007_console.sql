@@ -29,3 +29,23 @@ CREATE INDEX console_audit_destination ON console_audit (destination, id DESC);
 
 -- An event's delivery attempts, for its page.
 CREATE INDEX delivery_attempts_event ON delivery_attempts (event_id, id);
+
+-- Ingest outcomes per minute and source label, added up from every worker and
+-- replica every few seconds: the console's overview. Labels are the metrics'
+-- (bounded: declared sources, a few verified others, "_other").
+CREATE TABLE ingest_minutes (
+    minute  timestamptz NOT NULL,
+    source  text        NOT NULL,
+    outcome text        NOT NULL,
+    count   bigint      NOT NULL,
+    PRIMARY KEY (minute, source, outcome)
+);
+
+-- The newest refused requests: when, the source label, the outcome. Never a
+-- body, a header or a secret; trimmed to the newest 1,000 rows.
+CREATE TABLE recent_rejections (
+    id      bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at      timestamptz NOT NULL,
+    source  text        NOT NULL,
+    outcome text        NOT NULL
+);

@@ -92,3 +92,38 @@ ON CONFLICT (destination, event_id) DO UPDATE
 SET state = 'pending', next_at = now(), attempts = 0, lease_token = NULL, lease_until = NULL, updated_at = now()
 WHERE NOT (d.state = 'pending' AND d.lease_until > now())
 RETURNING d.event_id;
+
+-- name: console_minutes_add
+-- A worker's counts since its last flush, added to this minute's, and
+-- minutes older than two days deleted.
+-- params: $1 source labels, $2 outcomes, $3 counts
+WITH added AS (
+    INSERT INTO ingest_minutes (minute, source, outcome, count)
+    SELECT date_trunc('minute', now()), s, o, c FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(s, o, c)
+    ON CONFLICT (minute, source, outcome) DO UPDATE SET count = ingest_minutes.count + EXCLUDED.count
+)
+DELETE FROM ingest_minutes WHERE minute < now() - interval '2 days';
+
+-- name: console_rejections_add
+-- A worker's newest refusals, and the table trimmed to about 1,000 rows.
+-- params: $1 unix times, $2 source labels, $3 outcomes
+WITH added AS (
+    INSERT INTO recent_rejections (at, source, outcome)
+    SELECT to_timestamp(a), s, o FROM unnest($1::float8[], $2::text[], $3::text[]) AS u(a, s, o)
+)
+DELETE FROM recent_rejections WHERE id <= (SELECT max(id) - 1000 FROM recent_rejections);
+
+-- name: console_overview
+-- Per source label and outcome: the last hour's and the last day's counts.
+SELECT source, outcome,
+       coalesce(sum(count) FILTER (WHERE minute >= date_trunc('minute', now()) - interval '1 hour'), 0) AS hour,
+       sum(count) AS day
+FROM ingest_minutes WHERE minute >= now() - interval '1 day'
+GROUP BY source, outcome ORDER BY source, outcome;
+
+-- name: console_recent_rejections
+-- params: $1 limit
+SELECT at, source, outcome FROM recent_rejections ORDER BY id DESC LIMIT $1;
+
+-- name: console_oldest_event
+SELECT received_at FROM events ORDER BY id LIMIT 1;

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import os
+import time
 from collections.abc import Callable, Iterable
 
 import prometheus_client
@@ -41,6 +42,10 @@ OUTCOMES = (
     "rate_limited",
 )
 MAX_SOURCE_LABELS = 100
+# Refused requests a worker keeps between two flushes of the console's overview.
+REFUSED_KEPT = 200
+# Outcomes that are not a refusal.
+_NOT_REFUSED = frozenset({"accepted", "duplicate"})
 OTHER_SOURCE = "_other"
 
 # Outcomes only a verified request can have: its source exists.
@@ -171,7 +176,11 @@ class ServiceMetrics:
         build_info.labels(version=__version__).set(1)
         # Label children cached per (source, outcome): .labels() takes a lock
         # and hashes every call, which the hot path does not need to repeat.
-        self._children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        self._children: dict[tuple[str, str], tuple[Counter, Histogram, tuple[str, str]]] = {}
+        # For the console's overview: counts since the last take_tally(), and the newest refusals
+        # (bounded: labels are, and the deque keeps REFUSED_KEPT).
+        self._tally: dict[tuple[str, str], int] = {}
+        self._refused: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=REFUSED_KEPT)
         self._sources: set[str] = set()
         self._started: set[str] = set()
         for error_class in db_error_classes:
@@ -195,6 +204,10 @@ class ServiceMetrics:
             children = self._children_for(self._label(source, _proves(outcome, verified)), outcome)
         children[0].inc()
         children[1].observe(seconds)
+        key = children[2]
+        self._tally[key] = self._tally.get(key, 0) + 1
+        if outcome not in _NOT_REFUSED:
+            self._refused.append((time.time(), key[0], outcome))
 
     def record_events(self, source: str, outcomes: list[str], answer: str, seconds: float) -> None:
         """One verified request that carried several events (Clover, a
@@ -206,6 +219,7 @@ class ServiceMetrics:
         # One inc per distinct outcome, not per event: a batch holds up to 1000.
         for outcome, count in collections.Counter(outcomes).items():
             self._children_for(label, outcome)[0].inc(count)
+            self._tally[(label, outcome)] = self._tally.get((label, outcome), 0) + count
         self._children_for(label, answer)[1].observe(seconds)
 
     def _label(self, source: str, proves: bool) -> str:
@@ -217,7 +231,18 @@ class ServiceMetrics:
             return source
         return OTHER_SOURCE
 
-    def _children_for(self, label: str, outcome: str) -> tuple[Counter, Histogram]:
+    def take_tally(self) -> dict[tuple[str, str], int]:
+        """The requests counted by (source label, outcome) since the last call (the console's
+        overview adds them up in PostgreSQL), and the newest refusals (time, label, outcome)."""
+        tally, self._tally = self._tally, {}
+        return tally
+
+    def take_refused(self) -> list[tuple[float, str, str]]:
+        refused = list(self._refused)
+        self._refused.clear()
+        return refused
+
+    def _children_for(self, label: str, outcome: str) -> tuple[Counter, Histogram, tuple[str, str]]:
         """The (counter, histogram) children of a label that exists (or "_other"), cached:
         the cache holds labels only, never a name that was refused, so it stays bounded."""
         children = self._children.get((label, outcome))
@@ -227,6 +252,7 @@ class ServiceMetrics:
             children = (
                 self._events.labels(source=label, outcome=outcome),
                 self._duration.labels(outcome=outcome),
+                (label, outcome),
             )
             self._children[(label, outcome)] = children
         return children

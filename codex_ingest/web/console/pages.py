@@ -21,7 +21,8 @@ from codex_ingest.delivery.config import ALL
 from codex_ingest.errors import UnknownDestination
 from codex_ingest.intake.checks import SOURCE_PATTERN, TENANT_PATTERN
 from codex_ingest.storage.dberrors import translated
-from codex_ingest.web.appkeys import METRICS, QUERIES, READ_AUTH, SETTINGS
+from codex_ingest.telemetry.metrics import OUTCOMES
+from codex_ingest.web.appkeys import EVENT_LOG, METRICS, QUERIES, READ_AUTH, SETTINGS
 from codex_ingest.web.console.guard import guard
 from codex_ingest.web.console.sessions import COOKIE, LIFETIME_SECONDS, Operator, Sessions
 from codex_ingest.web.destinations import ADMIN, ADMIN_POOL
@@ -50,6 +51,7 @@ def console_app(parent: web.Application) -> web.Application:
     app.router.add_get("/events/{id}", event_page)
     app.router.add_get("/events/{id}/body", event_body)
     app.router.add_post("/events/{id}/retry", retry_event)
+    app.router.add_get("/overview", overview_page)
     app.router.add_get("/destinations", destinations_page)
     app.router.add_get("/destinations/{name}", destination_page)
     app.router.add_post("/destinations/{name}/{action:retry|enable|disable|replay}", destination_action)
@@ -317,3 +319,22 @@ async def retry_event(request: web.Request) -> web.StreamResponse:
         await conn.fetchval(request.config_dict[QUERIES].sql("console_retry_event"), name, row["id"])
         await _audit(conn, request, who, "retry_event", name, {"event_id": row["id"]})
     raise web.HTTPSeeOther(f"/console/events/{row['id']}")
+
+
+async def overview_page(request: web.Request) -> web.StreamResponse:
+    """Per source, the last hour's and day's requests by outcome, the newest refusals, the read
+    horizon's lag and the oldest event. Counts are every tenant's: a token reading every tenant only."""
+    who = await _operator(request)
+    _every_tenant(who)
+    sql = request.config_dict[QUERIES].sql
+    async with _connection(request) as conn:
+        counts = await conn.fetch(sql("console_overview"))
+        refused = await conn.fetch(sql("console_recent_rejections"), 50)  # $1 limit
+        oldest = await conn.fetchval(sql("console_oldest_event"))
+    lag = await request.config_dict[EVENT_LOG].horizon_lag()
+    sources: dict[str, dict[str, tuple[int, int]]] = {}
+    for row in counts:
+        sources.setdefault(row["source"], {})[row["outcome"]] = (int(row["hour"]), int(row["day"]))
+    return aiohttp_jinja2.render_template("overview.html", request, {
+        "sources": sources, "outcomes": OUTCOMES, "refused": refused, "oldest": oldest, "lag": lag,
+        "operator": who})
