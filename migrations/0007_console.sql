@@ -1,4 +1,4 @@
--- The console (docs/console-design.md): operators' sessions, and the audit of
+-- The console (docs/console.md): operators' sessions, and the audit of
 -- what they changed from it.
 -- depends: 0006_delivery
 

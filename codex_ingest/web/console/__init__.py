@@ -1,5 +1,5 @@
 """The console: an operator's pages, server-rendered by the service under
-/console/ (docs/console-design.md). On only when CODEX_API_TOKENS names a
+/console/ (docs/console.md). On only when CODEX_API_TOKENS names a
 token, like the read API: sign in with a read token, browse and search
 events of the tenants it may read, open one, see its deliveries.
 

@@ -1,4 +1,4 @@
-"""The console's pages (docs/console-design.md). Reads use the operators' own
+"""The console's pages (docs/console.md). Reads use the operators' own
 small pool (web/destinations.py ADMIN_POOL), never ingest's."""
 
 from __future__ import annotations
