@@ -15,7 +15,6 @@ requests already sent finish and are recorded.
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from codex_ingest.delivery.config import ALL, DestinationSpec
 from codex_ingest.errors import InvalidJSON, InvalidParameter, InvalidTenant, UnknownDestination
 from codex_ingest.intake.checks import TENANT_PATTERN
 from codex_ingest.settings import parse_ascii_int
+from codex_ingest.storage.delivery import unwrap_cursor
 from codex_ingest.storage.queries import Queries
 
 DEFAULT_LIMIT = 100
@@ -111,13 +111,7 @@ def decode_cursor(text: str | None) -> int:
     newest without one. 400 ``invalid_cursor`` for anything this service did not give."""
     if text is None:
         return _BIGINT_MAX
-    raw = ""
-    if len(text) <= _CURSOR_MAX_CHARS and text.isascii():
-        try:
-            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            pass
-    match = _CURSOR_TEXT.fullmatch(raw)
+    match = _CURSOR_TEXT.fullmatch(unwrap_cursor(text, _CURSOR_MAX_CHARS))
     if match is not None:
         attempt_id = int(match.group(1))
         if attempt_id <= _BIGINT_MAX:

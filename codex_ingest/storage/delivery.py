@@ -42,6 +42,17 @@ _BIGINT_MAX = 2**63 - 1
 _CURSOR_MAX_CHARS = 96  # "f:" and three numbers of up to 20 digits, in base64
 
 
+def unwrap_cursor(text: str, max_chars: int) -> str:
+    """The text a cursor carries (unpadded URL-safe base64 of ASCII), or "" when ``text`` is
+    longer than ``max_chars`` or not such base64: the caller's pattern then refuses it."""
+    if len(text) > max_chars or not text.isascii():
+        return ""
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return ""
+
+
 @dataclass(frozen=True, slots=True, order=True)
 class Cursor:
     """A position in the delivery order (one tenant's, or the combined
@@ -63,13 +74,7 @@ class Cursor:
         """The cursor ``text`` names, from a read of the same kind (``feed``: the
         combined feed); InvalidParameter (400 ``invalid_cursor``) for anything
         else, including numbers out of their SQL types' range."""
-        raw = ""
-        if len(text) <= _CURSOR_MAX_CHARS:
-            try:
-                raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
-            except (binascii.Error, UnicodeDecodeError, ValueError):
-                pass
-        match = _CURSOR_TEXT.fullmatch(raw)
+        match = _CURSOR_TEXT.fullmatch(unwrap_cursor(text, _CURSOR_MAX_CHARS))
         if match is not None:
             if (match.group(1) is not None) != feed:
                 raise InvalidParameter(

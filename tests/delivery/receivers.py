@@ -569,6 +569,11 @@ class Receiver:
         return web.Response(status=599)
 
 
+def is_2xx(arrival: Arrival) -> bool:
+    """The receiver answered this arrival with a 2xx."""
+    return arrival.status is not None and 200 <= arrival.status < 300
+
+
 def receiver(behaviour: Behaviour, *, secret: str | Sequence[str], **options: Any) -> Receiver:
     """``async with receiver(ok(), secret="whsec_...") as r:`` (see Receiver)."""
     return Receiver(behaviour, secret=secret, **options)

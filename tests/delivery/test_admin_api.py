@@ -10,7 +10,6 @@ import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 import pytest
 
 from codex_ingest.delivery.config import parse_destinations
@@ -18,7 +17,7 @@ from codex_ingest.intake.sources import parse_sources
 from codex_ingest.settings import ReadToken
 from codex_ingest.web.app import create_app
 from tests.delivery.receivers import Respond, error, fails_then, hang, ok, receiver, script
-from tests.delivery.test_engine import SECRET, destination_toml
+from tests.delivery.test_engine import SECRET, destination_toml, states
 from tests.helpers import assert_error, headers, until
 
 OPERATOR = "operator-token-every-tenant-0123456789"
@@ -75,15 +74,6 @@ async def listed(client) -> dict[str, dict]:
 async def attempts(client, name: str = "backend", **params: str) -> dict:
     query = "&".join(f"{k}={v}" for k, v in params.items())
     return await call(client, "GET", f"/destinations/{name}/attempts" + (f"?{query}" if query else ""))
-
-
-def states(db: asyncpg.Connection, destination: str, expected: dict[str, int]):
-    async def check() -> bool:
-        rows = await db.fetch("SELECT state, count(*) AS n FROM deliveries WHERE destination = $1 GROUP BY state",
-                              destination)
-        return {r["state"]: r["n"] for r in rows} == expected
-
-    return check
 
 
 # -- who may ask ---------------------------------------------------------------------------

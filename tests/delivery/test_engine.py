@@ -56,7 +56,7 @@ async def test_every_event_reaches_a_healthy_destination_once_verified(deliverin
         assert not hook.unverified(), hook.summary()
         assert sorted(hook.verified_ids()) == sorted(f"evt_{i}" for i in ids)
         assert {a.header("x-tenant-id") for a in hook.arrivals} == {"shop-0", "shop-1", "shop-2"}
-        await until(_states(db, "backend", {"delivered": 20}), "every delivery recorded")
+        await until(states(db, "backend", {"delivered": 20}), "every delivery recorded")
         # Counted just after it is recorded: wait for the count, not for a guessed moment.
         await until(_metric_is(client, "backend", "delivered", 20), "20 deliveries counted")
 
@@ -65,7 +65,7 @@ async def test_parked_and_disabled_show_in_the_gauges(delivering, db) -> None:
     async with receiver(error(500), secret=SECRET) as hook:
         client = await delivering(destination_toml("backend", hook.url, retry_schedule="[0.05]"))
         await post(client, 1)
-        await until(_states(db, "backend", {"parked": 1}), "the event parked")
+        await until(states(db, "backend", {"parked": 1}), "the event parked")
         await until(_gauge(client, "codex_ingest_delivery_parked", "backend", 1.0), "the parked gauge at 1")
         await until(_metric_is(client, "backend", "parked", 1), "the parking counted")
 
@@ -74,7 +74,7 @@ async def test_a_failing_event_is_retried_with_the_same_webhook_id_and_then_deli
     async with receiver(fails_then(2, per="webhook-id"), secret=SECRET) as hook:
         client = await delivering(destination_toml("backend", hook.url, retry_schedule="[0.05, 0.05, 0.05]"))
         event_id = await post(client, 1)
-        await until(_states(db, "backend", {"delivered": 1}), "the event delivered after two failures")
+        await until(states(db, "backend", {"delivered": 1}), "the event delivered after two failures")
         assert [a.webhook_id for a in hook.arrivals] == [f"evt_{event_id}"] * 3
         assert [a.status for a in hook.arrivals] == [500, 500, 200]
         attempts = await db.fetch("SELECT attempt, status FROM delivery_attempts ORDER BY id")
@@ -87,9 +87,9 @@ async def test_past_the_last_retry_an_event_is_parked_and_the_next_is_not_held_b
                 + destination_toml("healthy", healthy.url))
         client = await delivering(toml)
         first = await post(client, 1)
-        await until(_states(db, "failing", {"parked": 1}), "the event parked after its last retry")
+        await until(states(db, "failing", {"parked": 1}), "the event parked after its last retry")
         second = await post(client, 2)
-        await until(_states(db, "failing", {"parked": 2}), "the next event tried (and parked) too")
+        await until(states(db, "failing", {"parked": 2}), "the next event tried (and parked) too")
         await healthy.wait_for(2)
         assert sorted(healthy.verified_ids()) == [f"evt_{first}", f"evt_{second}"]
 
@@ -120,7 +120,7 @@ async def test_loopback_is_refused_unless_the_destination_allows_private_network
             "allow_private_network = true", "allow_private_network = false")
         client = await delivering(toml)
         await post(client, 1)
-        await until(_states(db, "backend", {"parked": 1}), "the refused delivery parked")
+        await until(states(db, "backend", {"parked": 1}), "the refused delivery parked")
         assert hook.arrivals == []
         errors = [r["error"] for r in await db.fetch("SELECT error FROM delivery_attempts")]
         assert errors and all("127.0.0.1" in e for e in errors), errors
@@ -176,7 +176,7 @@ def _gauge(client, name: str, destination: str, value: float):
     return check
 
 
-def _states(db: asyncpg.Connection, destination: str, expected: dict[str, int]):
+def states(db: asyncpg.Connection, destination: str, expected: dict[str, int]):
     async def check() -> bool:
         rows = await db.fetch("SELECT state, count(*) AS n FROM deliveries WHERE destination = $1 GROUP BY state",
                               destination)

@@ -27,7 +27,7 @@ from tests.delivery.receivers import (
     too_many_requests,
     unavailable,
 )
-from tests.delivery.test_engine import SECRET, _states, destination_toml, post
+from tests.delivery.test_engine import SECRET, destination_toml, post, states
 from tests.helpers import until
 
 # test_engine's fixture (the app with its engine, for given destinations), found by pytest under this name.
@@ -44,7 +44,7 @@ async def test_a_302_is_a_failure_retried_then_parked_and_never_followed(deliver
     async with receiver(ok(), secret=SECRET) as target, receiver(redirect(target.url), secret=SECRET) as hook:
         client = await delivering(destination_toml("backend", hook.url, retry_schedule="[0.05]"))
         event_id = await post(client, 1)
-        await until(_states(db, "backend", {"parked": 1}), "the redirected event parked after its one retry")
+        await until(states(db, "backend", {"parked": 1}), "the redirected event parked after its one retry")
         rows = await until(_attempt_rows(db, "backend", 2), "both attempts logged")
         assert [(r["attempt"], r["status"], r["error"]) for r in rows] == [(1, 302, "HTTP 302"), (2, 302, "HTTP 302")]
         assert [a.status for a in hook.arrivals] == [302, 302]
@@ -62,7 +62,7 @@ async def test_retry_after_is_honoured_over_a_shorter_schedule(delivering, db, f
     async with receiver(fails_then(1, failure=failure), secret=SECRET) as hook:
         client = await delivering(destination_toml("backend", hook.url, retry_schedule="[0.05, 30]"))
         event_id = await post(client, 1)
-        await until(_states(db, "backend", {"delivered": 1}), f"the event delivered after its {status}")
+        await until(states(db, "backend", {"delivered": 1}), f"the event delivered after its {status}")
         rows = await until(_attempt_rows(db, "backend", 2), "both attempts logged")
         assert [(r["attempt"], r["status"]) for r in rows] == [(1, status), (2, 200)]
         first, second = hook.arrivals
@@ -76,7 +76,7 @@ async def test_a_connection_reset_is_an_attempt_without_status_then_delivered(de
     async with receiver(fails_then(1, failure=reset()), secret=SECRET) as hook:
         client = await delivering(destination_toml("backend", hook.url, retry_schedule="[0.05]"))
         event_id = await post(client, 1)
-        await until(_states(db, "backend", {"delivered": 1}), "the event delivered after the reset")
+        await until(states(db, "backend", {"delivered": 1}), "the event delivered after the reset")
         rows = await until(_attempt_rows(db, "backend", 2), "both attempts logged")
         assert [r["attempt"] for r in rows] == [1, 2]
         assert rows[0]["status"] is None
@@ -91,7 +91,7 @@ async def test_a_hang_past_the_timeout_is_no_answer_then_delivered(delivering, d
     async with receiver(fails_then(1, failure=hang()), secret=SECRET) as hook:
         client = await delivering(destination_toml("backend", hook.url, timeout_seconds=1, retry_schedule="[0.05]"))
         event_id = await post(client, 1)
-        await until(_states(db, "backend", {"delivered": 1}), "the event delivered after the hang")
+        await until(states(db, "backend", {"delivered": 1}), "the event delivered after the hang")
         rows = await until(_attempt_rows(db, "backend", 2), "both attempts logged")
         assert [(r["attempt"], r["status"], r["error"]) for r in rows] == [
             (1, None, "no answer within 1 s"), (2, 200, None)]
@@ -105,7 +105,7 @@ async def test_a_slow_answer_within_the_timeout_is_delivered_at_once(delivering,
     async with receiver(slow(0.3), secret=SECRET) as hook:
         client = await delivering(destination_toml("backend", hook.url, timeout_seconds=5, retry_schedule="[0.05]"))
         event_id = await post(client, 1)
-        await until(_states(db, "backend", {"delivered": 1}), "the slow answer recorded as delivered")
+        await until(states(db, "backend", {"delivered": 1}), "the slow answer recorded as delivered")
         rows = await until(_attempt_rows(db, "backend", 1), "the attempt logged")
         assert [(r["attempt"], r["status"], r["error"]) for r in rows] == [(1, 200, None)]
         assert rows[0]["duration_ms"] >= 250, rows[0]["duration_ms"]  # it did wait for the slow answer

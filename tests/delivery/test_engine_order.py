@@ -36,11 +36,23 @@ from dataclasses import dataclass, field
 import asyncpg
 import pytest
 
+from codex_ingest.delivery.signing import webhook_id as wid
 from codex_ingest.storage.queries import load_queries
 from tests.db_faults import hold_key
 from tests.delivery import test_engine as engine_tests
-from tests.delivery.receivers import Arrival, Behaviour, Call, Outcome, Receiver, Reply, fails_then, ok, receiver
-from tests.delivery.test_engine import SECRET, destination_toml
+from tests.delivery.receivers import (
+    Arrival,
+    Behaviour,
+    Call,
+    Outcome,
+    Receiver,
+    Reply,
+    fails_then,
+    is_2xx,
+    ok,
+    receiver,
+)
+from tests.delivery.test_engine import SECRET, destination_toml, states
 from tests.helpers import headers, in_background, until
 
 delivering = engine_tests.delivering  # the fixture: the app with these destinations, its engine running
@@ -70,14 +82,6 @@ async def accepted(client, tenant: str, key: str) -> int:
     resp = await post(client, tenant, key)
     assert resp.status == 201, await resp.text()
     return int((await resp.json())["event_id"])
-
-
-def wid(event_id: int) -> str:
-    return f"evt_{event_id}"
-
-
-def is_2xx(arrival: Arrival) -> bool:
-    return arrival.status is not None and 200 <= arrival.status < 300
 
 
 @dataclass
@@ -143,15 +147,6 @@ async def delivery_order(db: asyncpg.Connection) -> dict[str, list[int]]:
     for row in await db.fetch("SELECT id, tenant_id FROM events ORDER BY xact, id"):
         order.setdefault(row["tenant_id"], []).append(row["id"])
     return order
-
-
-def states(db: asyncpg.Connection, destination: str, expected: dict[str, int]):
-    async def check() -> bool:
-        rows = await db.fetch("SELECT state, count(*) AS n FROM deliveries WHERE destination = $1 GROUP BY state",
-                              destination)
-        return {r["state"]: r["n"] for r in rows} == expected
-
-    return check
 
 
 def assert_tenant_order(hook: Receiver, tenant: str, expected: list[int]) -> None:

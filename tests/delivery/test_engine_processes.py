@@ -40,7 +40,8 @@ import pytest
 
 from bench.local import free_port
 from bench.service import Service
-from tests.delivery.receivers import Arrival, Receiver, hang, ok, receiver, script, slow
+from codex_ingest.delivery.signing import webhook_id as wid
+from tests.delivery.receivers import Arrival, Receiver, hang, is_2xx, ok, receiver, script, slow
 from tests.helpers import SECRET as INGEST_SECRET
 from tests.helpers import headers, until
 
@@ -128,14 +129,6 @@ async def post_one(session: aiohttp.ClientSession, s: Service, tenant: str, key:
                             headers=headers(body, tenant=tenant, **{"Idempotency-Key": key})) as resp:
         assert resp.status == 201, await resp.text()
         return int((await resp.json())["event_id"])
-
-
-def wid(event_id: int) -> str:
-    return f"evt_{event_id}"
-
-
-def is_2xx(arrival: Arrival) -> bool:
-    return arrival.status is not None and 200 <= arrival.status < 300
 
 
 def delivered_2xx(expected: set[str]):

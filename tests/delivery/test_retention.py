@@ -10,7 +10,7 @@ import asyncpg
 from codex_ingest.storage import retention
 from codex_ingest.storage.queries import load_queries
 from tests.delivery.receivers import error, ok, receiver
-from tests.delivery.test_engine import SECRET, _states, delivering, destination_toml, post  # noqa: F401
+from tests.delivery.test_engine import SECRET, delivering, destination_toml, post, states  # noqa: F401
 from tests.helpers import until
 
 
@@ -24,7 +24,7 @@ async def test_a_pending_delivery_whose_event_is_purged_becomes_expired(deliveri
         client = await delivering(destination_toml("backend", hook.url, retry_schedule="[3600]"))
         await post(client, 1)
         await hook.wait_for(1)  # tried once; the next try is an hour away
-        await until(_states(db, "backend", {"pending": 1}), "the failed delivery pending its retry")
+        await until(states(db, "backend", {"pending": 1}), "the failed delivery pending its retry")
         assert await purge_all(db) == 1
         row = await db.fetchrow("SELECT state, last_error FROM deliveries WHERE destination = 'backend'")
         assert (row["state"], row["last_error"]) == ("expired", "deleted by retention before it was delivered")
@@ -53,6 +53,6 @@ async def test_a_delivered_events_row_goes_with_it(delivering, db) -> None:
     async with receiver(ok(), secret=SECRET) as hook:
         client = await delivering(destination_toml("backend", hook.url))
         await post(client, 1)
-        await until(_states(db, "backend", {"delivered": 1}), "the event delivered")
+        await until(states(db, "backend", {"delivered": 1}), "the event delivered")
         assert await purge_all(db) == 1
         assert await db.fetchval("SELECT count(*) FROM deliveries") == 0

@@ -119,11 +119,11 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{ENGINE_ORDER}::test_a_throttle_slower_than_the_lease_still_sends_each_event_once",),
     ),
     Mutant(
-        "delivery-loopback-allowed",
-        "by default nothing is sent to a loopback address",
+        "delivery-private-allowed-by-default",
+        "by default nothing is sent to a loopback or private address (only allow_private_network lifts it)",
         "codex_ingest/delivery/ssrf.py",
-        '    if address.is_loopback:\n        return "loopback"',
-        '    if False:\n        return "loopback"',
+        "    if reason is None or not allow_private:\n        return reason",
+        "    if reason is None:\n        return reason",
         ("tests/delivery/test_ssrf.py::test_by_default_a_loopback_destination_is_refused_and_nothing_arrives",),
     ),
     # -- the combined feed: the same promises across tenants -----------------------------------
