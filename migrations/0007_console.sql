@@ -41,11 +41,13 @@ CREATE TABLE ingest_minutes (
     PRIMARY KEY (minute, source, outcome)
 );
 
--- The newest refused requests: when, the source label, the outcome. Never a
--- body, a header or a secret; trimmed to the newest 1,000 rows.
+-- The newest refused requests: when, the source label, the outcome, and the
+-- tenant the request named (a claim, well-formed or NULL). Never a body, a
+-- header or a secret; trimmed to the newest 1,000 rows.
 CREATE TABLE recent_rejections (
     id      bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     at      timestamptz NOT NULL,
     source  text        NOT NULL,
-    outcome text        NOT NULL
+    outcome text        NOT NULL,
+    tenant  text
 );

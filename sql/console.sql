@@ -106,10 +106,10 @@ DELETE FROM ingest_minutes WHERE minute < now() - interval '2 days';
 
 -- name: console_rejections_add
 -- A worker's newest refusals, and the table trimmed to about 1,000 rows.
--- params: $1 unix times, $2 source labels, $3 outcomes
+-- params: $1 unix times, $2 source labels, $3 outcomes, $4 tenants named (NULL: none)
 WITH added AS (
-    INSERT INTO recent_rejections (at, source, outcome)
-    SELECT to_timestamp(a), s, o FROM unnest($1::float8[], $2::text[], $3::text[]) AS u(a, s, o)
+    INSERT INTO recent_rejections (at, source, outcome, tenant)
+    SELECT to_timestamp(a), s, o, t FROM unnest($1::float8[], $2::text[], $3::text[], $4::text[]) AS u(a, s, o, t)
 )
 DELETE FROM recent_rejections WHERE id <= (SELECT max(id) - 1000 FROM recent_rejections);
 
@@ -123,7 +123,7 @@ GROUP BY source, outcome ORDER BY source, outcome;
 
 -- name: console_recent_rejections
 -- params: $1 limit
-SELECT at, source, outcome FROM recent_rejections ORDER BY id DESC LIMIT $1;
+SELECT at, source, outcome, tenant FROM recent_rejections ORDER BY id DESC LIMIT $1;
 
 -- name: console_oldest_event
 SELECT received_at FROM events ORDER BY id LIMIT 1;

@@ -67,9 +67,8 @@ async def background_jobs(app: web.Application) -> AsyncIterator[None]:
                     await conn.execute(sql("console_minutes_add"), [k[0] for k in tally], [k[1] for k in tally],
                                        list(tally.values()))
                 if refused:
-                    # $1 unix times, $2 source labels, $3 outcomes
-                    await conn.execute(sql("console_rejections_add"), [r[0] for r in refused],
-                                       [r[1] for r in refused], [r[2] for r in refused])
+                    # $1 unix times, $2 source labels, $3 outcomes, $4 tenants named
+                    await conn.execute(sql("console_rejections_add"), *map(list, zip(*refused, strict=True)))
 
     loop = asyncio.get_running_loop()
     jobs = []

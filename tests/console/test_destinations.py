@@ -17,7 +17,7 @@ from codex_ingest.intake.sources import parse_sources
 from codex_ingest.web.app import create_app
 from tests.console.test_pages import OPERATOR, SCOPED, TOKENS, post, sign_in
 from tests.delivery.receivers import error, ok, receiver
-from tests.delivery.test_engine import SECRET, _states, destination_toml
+from tests.delivery.test_engine import SECRET, states, destination_toml
 from tests.helpers import until
 
 ACTOR = hashlib.sha256(OPERATOR.encode()).hexdigest()[:12]
@@ -56,7 +56,7 @@ async def test_disable_enable_retry_and_replay_are_done_and_audited(operating, d
     async with receiver(error(500), secret=SECRET) as hook:
         client = await operating(destination_toml("backend", hook.url, retry_schedule="[0.05]"))
         ids = [await post(client, n) for n in range(3)]
-        await until(_states(db, "backend", {"parked": 3}), "every event parked")
+        await until(states(db, "backend", {"parked": 3}), "every event parked")
         await sign_in(client)
         page = await (await client.get("/console/destinations")).text()
         assert 'href="/console/destinations/backend"' in page
@@ -67,14 +67,14 @@ async def test_disable_enable_retry_and_replay_are_done_and_audited(operating, d
         hook.behaviour = ok()
         resp = await client.post("/console/destinations/backend/retry", allow_redirects=False)
         assert (resp.status, resp.headers["Location"]) == (303, "/console/destinations/backend")
-        await until(_states(db, "backend", {"delivered": 3}), "the parked events retried and delivered")
+        await until(states(db, "backend", {"delivered": 3}), "the parked events retried and delivered")
 
         # A replay asks first, saying how many events it will send again; nothing moves until confirmed.
         since = "2000-01-01T00:00"
         asked = await client.post("/console/destinations/backend/replay", data={"since": since})
         text = unescape(await asked.text())
         assert re.search(r"re-sends 3 events received since 2000-01-01T00:00", text), text
-        assert await _states(db, "backend", {"delivered": 3})()
+        assert await states(db, "backend", {"delivered": 3})()
         done = await client.post("/console/destinations/backend/replay", data={"since": since, "confirm": "yes"},
                                  allow_redirects=False)
         assert done.status == 303
@@ -91,7 +91,7 @@ async def test_the_retry_button_of_an_event_sends_it_again(operating, db) -> Non
     async with receiver(error(500), secret=SECRET) as hook:
         client = await operating(destination_toml("backend", hook.url, retry_schedule="[0.05]"))
         event_id = await post(client, 1)
-        await until(_states(db, "backend", {"parked": 1}), "the event parked")
+        await until(states(db, "backend", {"parked": 1}), "the event parked")
         await sign_in(client)
         page = await (await client.get(f"/console/events/{event_id}")).text()
         assert "parked" in page and 'class="retry"' in page
@@ -99,7 +99,7 @@ async def test_the_retry_button_of_an_event_sends_it_again(operating, db) -> Non
         resp = await client.post(f"/console/events/{event_id}/retry", data={"destination": "backend"},
                                  allow_redirects=False)
         assert (resp.status, resp.headers["Location"]) == (303, f"/console/events/{event_id}")
-        await until(_states(db, "backend", {"delivered": 1}), "delivered after the retry")
+        await until(states(db, "backend", {"delivered": 1}), "delivered after the retry")
         assert [a.status for a in hook.by_id(f"evt_{event_id}")] == [500, 500, 200]
         assert await audit(db) == [(ACTOR, "retry_event", "backend")]
         page = await (await client.get(f"/console/events/{event_id}")).text()

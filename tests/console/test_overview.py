@@ -37,19 +37,28 @@ async def test_counts_by_outcome_and_the_newest_refusals(console, db) -> None:
                                 headers={"Content-Type": "application/json", "X-Tenant-Id": "shop-a",
                                          "X-Signature": "sha256=" + "0" * 64, "Idempotency-Key": "forged"})
     assert forged.status == 401
+    # A malformed tenant is a refusal too; what it named is not kept (it could be anything).
+    hostile = await console.post("/pos/orders/ingest?tenant=%3Cb%3Ex", data=b"{}",
+                                 headers={"Content-Type": "application/json", "Idempotency-Key": "h"})
+    assert hostile.status == 400
     await sign_in(console)
 
     async def shown() -> str | None:
         html = await (await console.get("/console/overview")).text()
-        return html if cell(html, "accepted") == "3 / 3" and cell(html, "rejected_signature") else None
+        counted = [cell(html, outcome) for outcome in ("accepted", "rejected_signature", "rejected_input")]
+        return html if counted == ["3 / 3", "1 / 1", "1 / 1"] else None
 
     html = await until(shown, "the counts flushed and shown")
     assert cell(html, "duplicate") == "1 / 1"
-    assert "rejected_signature" in html.split('id="refused"')[1]
+    refused = html.split('id="refused"')[1]
+    assert "rejected_signature" in refused
     assert "hunter2" not in html and "0000000000" not in html  # neither the body nor the signature
-    rows = await db.fetch("SELECT source, outcome FROM recent_rejections")
-    # "orders" had its label already (verified requests came for it): the refusal is counted there.
-    assert [(r["source"], r["outcome"]) for r in rows] == [("orders", "rejected_signature")]
+    assert "<td>shop-a</td>" in refused and "&lt;b&gt;x" not in refused and "<b>x" not in refused
+
+    rows = await db.fetch("SELECT source, outcome, tenant FROM recent_rejections ORDER BY id")
+    # "orders" had its label already (verified requests came for it): the refusal is counted there,
+    # with the tenant the forged request named.
+    assert [tuple(r) for r in rows] == [("orders", "rejected_signature", "shop-a"), ("orders", "rejected_input", None)]
 
 
 async def test_a_scoped_token_does_not_see_every_tenants_counts(console, db) -> None:

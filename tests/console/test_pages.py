@@ -109,6 +109,20 @@ async def test_a_same_origin_post_is_taken(console, db) -> None:
         assert resp.status == 303, (same, await resp.text())
 
 
+async def test_behind_a_proxy_that_ended_tls_the_cookie_is_secure_and_the_https_origin_is_ours(console, db) -> None:
+    """deploy/nginx ends TLS and says so in X-Forwarded-Proto: the session cookie must be Secure
+    there, and the browser's Origin (https://host) is the console's own."""
+    host = f"{console.server.host}:{console.server.port}"
+    behind = {"X-Forwarded-Proto": "https", "Origin": f"https://{host}"}
+    resp = await console.post("/console/signin", data={"token": OPERATOR}, headers=behind, allow_redirects=False)
+    assert resp.status == 303, await resp.text()
+    assert "Secure" in resp.headers["Set-Cookie"]
+    # Over https, an http page of the same host is another origin.
+    downgraded = {"X-Forwarded-Proto": "https", "Origin": f"http://{host}"}
+    resp = await console.post("/console/signin", data={"token": OPERATOR}, headers=downgraded, allow_redirects=False)
+    assert resp.status == 403
+
+
 async def test_a_scoped_token_sees_only_its_tenants(console, db) -> None:
     mine, theirs = await post(console, 1, "shop-a"), await post(console, 2, "shop-b")
     await sign_in(console, SCOPED)

@@ -32,7 +32,19 @@ def same_origin(request: web.Request) -> bool:
     origin = request.headers.get("Origin")
     if origin is None:
         return True  # neither header: not a browser's cross-site form (they send Origin on POST)
-    return origin == f"{request.scheme}://{request.host}"
+    scheme = "https" if served_over_https(request) else request.scheme
+    return origin == f"{scheme}://{request.host}"
+
+
+def served_over_https(request: web.Request) -> bool:
+    """Whether the browser reached the console over https: directly, or through a proxy that
+    ended TLS and said so in X-Forwarded-Proto (deploy/nginx sets it). Believing the header can
+    only add ``Secure`` to the session cookie, never take it away: a client that claims https
+    over plain http gets a cookie its own browser will not send back."""
+    if request.secure:
+        return True
+    proto = request.headers.get("X-Forwarded-Proto", "")
+    return proto.partition(",")[0].strip().lower() == "https"
 
 
 @web.middleware

@@ -23,7 +23,7 @@ from codex_ingest.intake.checks import SOURCE_PATTERN, TENANT_PATTERN
 from codex_ingest.storage.dberrors import translated
 from codex_ingest.telemetry.metrics import OUTCOMES
 from codex_ingest.web.appkeys import EVENT_LOG, METRICS, QUERIES, READ_AUTH, SETTINGS
-from codex_ingest.web.console.guard import guard
+from codex_ingest.web.console.guard import guard, served_over_https
 from codex_ingest.web.console.sessions import COOKIE, LIFETIME_SECONDS, Operator, Sessions
 from codex_ingest.web.destinations import ADMIN, ADMIN_POOL
 
@@ -103,7 +103,7 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
         return aiohttp_jinja2.render_template("signin.html", request, {"failed": True}, status=401)
     response = web.HTTPSeeOther("/console/events")
     response.set_cookie(COOKIE, session, path="/console", max_age=LIFETIME_SECONDS, httponly=True,
-                        samesite="Strict", secure=request.secure)
+                        samesite="Strict", secure=served_over_https(request))
     raise response
 
 
