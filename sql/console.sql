@@ -50,10 +50,11 @@ LIMIT $8;
 SELECT event_id, destination, state FROM deliveries WHERE event_id = ANY($1::bigint[]);
 
 -- name: console_event
--- One event, when the token may read its tenant.
+-- One event, when the token may read its tenant, and the delivery horizon now
+-- (a read cursor after the event exists only once it is below the horizon).
 -- params: $1 event id, $2 tenants the token may read (NULL: every tenant)
 SELECT id, tenant_id, source, idempotency_key, received_at, content_type, headers::text AS headers, body,
-       body_sha256, xact::text AS xact
+       body_sha256, xact::text AS xact, pg_snapshot_xmin(pg_current_snapshot())::text AS horizon
 FROM events
 WHERE id = $1 AND ($2::text[] IS NULL OR tenant_id = ANY($2::text[]));
 

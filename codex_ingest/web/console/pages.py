@@ -21,6 +21,7 @@ from codex_ingest.delivery.config import ALL
 from codex_ingest.errors import UnknownDestination
 from codex_ingest.intake.checks import SOURCE_PATTERN, TENANT_PATTERN
 from codex_ingest.storage.dberrors import translated
+from codex_ingest.storage.delivery import Cursor
 from codex_ingest.telemetry.metrics import OUTCOMES
 from codex_ingest.web.appkeys import EVENT_LOG, METRICS, QUERIES, READ_AUTH, SETTINGS
 from codex_ingest.web.console.guard import guard, served_over_https
@@ -212,11 +213,23 @@ async def event_page(request: web.Request) -> web.StreamResponse:
     body = bytes(row["body"])
     headers = orjson.loads(row["headers"]) if row["headers"] is not None else None
     return aiohttp_jinja2.render_template("event.html", request, {
+        "cursor": _cursor_after(row),
         "event": row, "size": len(body), "sha256": bytes(row["body_sha256"]).hex(),
         "computed_sha256": hashlib.sha256(body).hexdigest(), "headers": headers if isinstance(headers, dict) else None,
         "body": _shown_body(body), "attempts": attempts, "operator": who,
         "deliveries": [(name, states.get(name)) for name in declared], "may_change": who.tenants is None,
     })
+
+
+def _cursor_after(row: asyncpg.Record) -> dict[str, str] | None:
+    """The read API's cursors that continue just after this event: what a read that ended on it
+    would have given (sql/read.sql), one for its tenant's read and one for the combined feed.
+    None while the event is above the delivery horizon: a cursor there could skip a late commit."""
+    xact, horizon = int(row["xact"]), int(row["horizon"])
+    if xact >= horizon:
+        return None
+    after = Cursor(xact, int(row["id"]), horizon)
+    return {"tenant": after.encode(), "feed": after.encode(feed=True)}
 
 
 async def event_body(request: web.Request) -> web.StreamResponse:
