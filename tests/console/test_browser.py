@@ -58,6 +58,20 @@ def browser() -> Iterator[object]:
         driver.quit()
 
 
+def navigates(driver, act) -> None:
+    """Do ``act`` (a click, a form's submit) and wait until the page it leads to has replaced
+    the old one. Selenium's click and submit return before a form's navigation ends: reading
+    the page straight after them reads the old page, or a stale element of it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = driver.find_element(By.TAG_NAME, "html")
+    act()
+    # chromedriver then waits for the new document to load before the next command.
+    WebDriverWait(driver, 30, poll_frequency=0.05).until(expected_conditions.staleness_of(old))
+
+
 def screenshot(driver, tmp_path: Path, name: str) -> Path:
     path = tmp_path / f"{name}.png"
     driver.save_screenshot(str(path))
@@ -80,7 +94,7 @@ def test_sign_in_filter_search_and_a_hostile_event_stays_text(live, db, browser,
     driver.get(f"{live.url}/console/events")
     assert driver.current_url.endswith("/console/signin")
     driver.find_element(By.NAME, "token").send_keys(READ_TOKEN)
-    driver.find_element(By.CSS_SELECTOR, "form[action='/console/signin'] button").click()
+    navigates(driver, driver.find_element(By.CSS_SELECTOR, "form[action='/console/signin'] button").click)
     assert driver.current_url.endswith("/console/events")
     rows = driver.find_elements(By.CSS_SELECTOR, "#events tbody tr")
     assert len(rows) == 6
@@ -88,17 +102,17 @@ def test_sign_in_filter_search_and_a_hostile_event_stays_text(live, db, browser,
 
     tenant = driver.find_element(By.NAME, "tenant")
     tenant.send_keys("shop-0")
-    tenant.submit()
+    navigates(driver, tenant.submit)
     tenants = {r.find_elements(By.TAG_NAME, "td")[1].text for r in driver.find_elements(By.CSS_SELECTOR, "#events tbody tr")}
     assert tenants == {"shop-0"} and "tenant=shop-0" in driver.current_url
 
     driver.get(f"{live.url}/console/events")
     search = driver.find_element(By.NAME, "q")
     search.send_keys("hostile-1")
-    search.submit()
+    navigates(driver, search.submit)
     links = driver.find_elements(By.CSS_SELECTOR, "#events tbody a")
     assert [a.text for a in links] == [str(hostile_id)]
-    links[0].click()
+    navigates(driver, links[0].click)
 
     assert driver.current_url.endswith(f"/console/events/{hostile_id}")
     raw = driver.find_element(By.ID, "body-raw").text
@@ -122,7 +136,7 @@ def sign_in_as_operator(driver, base_url: str) -> None:
 
     driver.get(f"{base_url}/console/signin")
     driver.find_element(By.NAME, "token").send_keys(READ_TOKEN)
-    driver.find_element(By.CSS_SELECTOR, "form[action='/console/signin'] button").click()
+    navigates(driver, driver.find_element(By.CSS_SELECTOR, "form[action='/console/signin'] button").click)
 
 
 def delivery_state(driver, destination: str) -> str | None:
@@ -157,7 +171,7 @@ def test_a_parked_delivery_is_retried_from_its_event_page(database_url, db, brow
 
             # Two failures: the first attempt and its one retry, then parked.
             WebDriverWait(driver, 30, poll_frequency=0.2).until(shows("parked"))
-            driver.find_element(By.CSS_SELECTOR, "#deliveries button.retry").click()
+            navigates(driver, driver.find_element(By.CSS_SELECTOR, "#deliveries button.retry").click)
             assert driver.current_url == page
             WebDriverWait(driver, 30, poll_frequency=0.2).until(shows("delivered"))
             statuses = [row.find_elements(By.TAG_NAME, "td")[2].text
