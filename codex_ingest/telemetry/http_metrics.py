@@ -24,6 +24,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from codex_ingest.telemetry.deferred import FlushOnCollect, PendingCounts
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 HIDDEN_REMOTE = "-"
@@ -40,7 +42,14 @@ _Timing = tuple[tuple[str, ...], Any, float]
 
 
 class HttpMetrics:
-    def __init__(self, registry: CollectorRegistry, *, label_remote: bool, prefix: str = "aiohttp") -> None:
+    def __init__(self, registry: CollectorRegistry, *, label_remote: bool, prefix: str = "aiohttp",
+                 pending: PendingCounts | None = None) -> None:
+        """``pending``: where the per-request counts wait for their flush (telemetry/deferred.py);
+        a PendingCounts of its own, flushed on collection, when not given."""
+        if pending is None:
+            pending = PendingCounts()
+            registry.register(FlushOnCollect(pending))
+        self._pending = pending
         self._label_remote = label_remote
         self._requests = Counter(
             f"{prefix}_requests", "Total requests by method, scheme, remote and path template.",
@@ -123,12 +132,16 @@ class HttpMetrics:
 
     def _children_started(self, key: tuple[str, ...]) -> tuple[Any, Any]:
         children = (self._requests.labels(*key), self._in_progress.labels(*key))
-        if len(self._started) < _MAX_CACHED:
-            self._started[key] = children
-        return children
+        if len(self._started) >= _MAX_CACHED:
+            return children  # counted at once: only a cached key holds deferred counts, so they stay bounded
+        deferred = (self._pending.counter(children[0]), self._pending.counter(children[1]))
+        self._started[key] = deferred
+        return deferred
 
     def _children_finished(self, key: tuple[str, ...], status: int) -> tuple[Any, Any]:
         children = (self._responses.labels(*key, str(status)), self._duration.labels(*key, str(status)))
-        if len(self._finished) < _MAX_CACHED:
-            self._finished[(key, status)] = children
-        return children
+        if len(self._finished) >= _MAX_CACHED:
+            return children
+        deferred = (self._pending.counter(children[0]), self._pending.histogram(children[1]))
+        self._finished[(key, status)] = deferred
+        return deferred

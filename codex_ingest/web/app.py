@@ -26,6 +26,7 @@ from codex_ingest.storage.notify import HeadWatch
 from codex_ingest.storage.pool import create_pool
 from codex_ingest.storage.queries import Queries, load_queries
 from codex_ingest.storage.store import EventStore
+from codex_ingest.telemetry.deferred import FlushOnCollect, PendingCounts
 from codex_ingest.telemetry.http_metrics import HttpMetrics
 from codex_ingest.telemetry.metrics import ServiceMetrics
 from codex_ingest.web import appkeys as keys
@@ -46,7 +47,11 @@ def create_app(settings: Settings, *, queries: Queries | None = None, clock: Clo
     if settings.database_url is None:
         raise ValueError("create_app needs settings.database_url (serve resolves the embedded one)")
     registry = CollectorRegistry(auto_describe=True)
-    http_metrics = HttpMetrics(registry, label_remote=settings.metrics_remote_label)
+    # The per-request counts, kept as plain numbers until a flush (telemetry/deferred.py);
+    # registered first, so a collection flushes them before the series are read.
+    pending = PendingCounts()
+    registry.register(FlushOnCollect(pending))
+    http_metrics = HttpMetrics(registry, label_remote=settings.metrics_remote_label, pending=pending)
     # What this worker may hold of request bodies not yet verified (web/body.py).
     body_budget = BodyBudget(settings.body_buffer_bytes, retry_after=settings.retry_after_seconds)
     app = web.Application(
@@ -69,6 +74,7 @@ def create_app(settings: Settings, *, queries: Queries | None = None, clock: Clo
         header_drop_reasons=DROP_REASONS,
         destinations=settings.source_table.destinations if settings.source_table is not None else (),
         retention=settings.retention is not None,
+        pending=pending,
     )
     # Every source's scheme is built once, here, not per request.
     sources = build_sources(settings.source_table, clock, webhook_secret=settings.webhook_secret)
