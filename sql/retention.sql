@@ -26,9 +26,11 @@ WITH doomed AS (
     WHERE (h.xact, h.id) < (EXCLUDED.xact, EXCLUDED.id)
 ), undelivered AS (
     -- Push delivery: an event deleted before a destination got it is never skipped silently.
-    -- Its pending or parked delivery becomes expired (listed, counted)...
+    -- Its pending or parked delivery becomes expired (listed, counted), and a send in
+    -- flight loses its lease, so its outcome cannot turn the row back to pending...
     UPDATE deliveries AS d
-    SET state = 'expired', last_error = 'deleted by retention before it was delivered', updated_at = now()
+    SET state = 'expired', last_error = 'deleted by retention before it was delivered', updated_at = now(),
+        lease_token = NULL, lease_until = NULL
     FROM doomed
     WHERE d.event_id = doomed.id AND d.state IN ('pending', 'parked')
 ), unscheduled AS (

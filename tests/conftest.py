@@ -123,7 +123,7 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     """A connection to the shared database, emptied of events first."""
     conn = await asyncpg.connect(database_url)
     await conn.execute("TRUNCATE events, purge_horizons, deliveries, delivery_attempts, destination_state,"
-                       " destination_sends RESTART IDENTITY")
+                       " destination_sends, console_sessions, console_audit, ingest_minutes, recent_rejections RESTART IDENTITY")
     try:
         yield conn
     finally:

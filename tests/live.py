@@ -70,13 +70,13 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def receiver(secret: str, behaviour: str = "ok") -> Iterator[str]:
+def receiver(secret: str, behaviour: str = "ok", *options: str) -> Iterator[str]:
     """``python -m tests.delivery.receivers`` on a free port of 127.0.0.1, verifying
     every request with ``secret`` (whsec_<base64>) and answering as ``behaviour``
-    says; yields the URL to declare as a destination's ``url``. Stopped with SIGTERM."""
+    says (``options``: more of its flags, ``--times 2`` say); yields the URL to declare as a destination's ``url``. Stopped with SIGTERM."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.delivery.receivers", "--behaviour", behaviour, "--port", "0",
-         "--secret", secret],
+         "--secret", secret, *options],
         cwd=REPO,
         env=BASE_ENV,
         stdout=subprocess.PIPE,

@@ -28,6 +28,8 @@ PACKAGES = {
     "pgbouncer": "pgbouncer",
     "curl": "curl",
     "openssl": "openssl",
+    "chromium": "chromium",
+    "chromedriver": "chromium-driver",
 }
 
 

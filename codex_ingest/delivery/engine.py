@@ -246,8 +246,11 @@ class DeliveryEngine:
                     destination.due.clear()
                     await destination.due.wait()
             elif not rows:
+                # asyncio.timeout, not wait_for: on Python 3.11, wait_for returns the inner result
+                # when it is cancelled in the turn that result arrived, so close() waited forever.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(destination.due.wait(), IDLE_POLL_SECONDS)
+                    async with asyncio.timeout(IDLE_POLL_SECONDS):
+                        await destination.due.wait()
 
     async def _deliver(self, name: str, destination: _Destination, row: asyncpg.Record, token: uuid.UUID) -> None:
         spec = destination.spec

@@ -38,12 +38,22 @@ def check_source(source: str) -> str:
 
 def requested_tenant(headers: Headers, query: Mapping[str, str]) -> str | None:
     """X-Tenant-Id, else ?tenant=, validated; None when neither is sent."""
-    tenant = headers.get("X-Tenant-Id")
-    if tenant is None:
-        tenant = query.get("tenant")
+    tenant = _named_tenant(headers, query)
     if tenant is not None and TENANT_PATTERN.fullmatch(tenant) is None:
         raise InvalidTenant()
     return tenant
+
+
+def claimed_tenant(headers: Headers, query: Mapping[str, str]) -> str | None:
+    """The tenant a refused request named, when it is a well-formed one, else None:
+    what the console lists beside a refusal. A claim, never proof; bounded by the pattern."""
+    tenant = _named_tenant(headers, query)
+    return tenant if tenant is not None and TENANT_PATTERN.fullmatch(tenant) else None
+
+
+def _named_tenant(headers: Headers, query: Mapping[str, str]) -> str | None:
+    tenant = headers.get("X-Tenant-Id")
+    return query.get("tenant") if tenant is None else tenant
 
 
 def check_idempotency_key(header: str | None) -> str | None:

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import collections
 import os
+import time
 from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
@@ -41,7 +43,21 @@ OUTCOMES = (
     "rate_limited",
 )
 MAX_SOURCE_LABELS = 100
+# Refused requests a worker keeps between two flushes of the console's overview.
+REFUSED_KEPT = 200
+# Outcomes that are not a refusal.
+_NOT_REFUSED = frozenset({"accepted", "duplicate"})
 OTHER_SOURCE = "_other"
+
+
+class Refusal(NamedTuple):
+    """A refused request as the console lists it: never a body, a header value or a secret."""
+
+    at: float  # unix time
+    source: str  # its metrics label (bounded)
+    outcome: str
+    tenant: str | None  # the tenant it named, a claim; None when it named none (or a malformed one)
+
 
 # Outcomes only a verified request can have: its source exists.
 PROOF_OUTCOMES = frozenset({"accepted", "duplicate", "conflict"})
@@ -171,7 +187,11 @@ class ServiceMetrics:
         build_info.labels(version=__version__).set(1)
         # Label children cached per (source, outcome): .labels() takes a lock
         # and hashes every call, which the hot path does not need to repeat.
-        self._children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        self._children: dict[tuple[str, str], tuple[Counter, Histogram, tuple[str, str]]] = {}
+        # For the console's overview: counts since the last take_tally(), and the newest refusals
+        # (bounded: labels are, and the deque keeps REFUSED_KEPT).
+        self._tally: dict[tuple[str, str], int] = {}
+        self._refused: collections.deque[Refusal] = collections.deque(maxlen=REFUSED_KEPT)
         self._sources: set[str] = set()
         self._started: set[str] = set()
         for error_class in db_error_classes:
@@ -183,18 +203,25 @@ class ServiceMetrics:
             self._sources.add(source)
             self._start_source(source)
 
-    def record(self, source: str, outcome: str, seconds: float, *, verified: bool = False) -> None:
+    def record(self, source: str, outcome: str, seconds: float, *, verified: bool = False,
+               tenant: str | None = None) -> None:
         """One ingest request's outcome and time.
 
         ``verified``: the request's signature was verified before it ended
         (say so for a 503 or a 429 that came after verification); it decides
         whether an undeclared ``source`` may take a label of its own.
+        ``tenant``: the tenant a refused request named (checks.claimed_tenant), kept
+        with the refusal for the console.
         """
         children = self._children.get((source, outcome))
         if children is None:
             children = self._children_for(self._label(source, _proves(outcome, verified)), outcome)
         children[0].inc()
         children[1].observe(seconds)
+        key = children[2]
+        self._tally[key] = self._tally.get(key, 0) + 1
+        if outcome not in _NOT_REFUSED:
+            self._refused.append(Refusal(time.time(), key[0], outcome, tenant))
 
     def record_events(self, source: str, outcomes: list[str], answer: str, seconds: float) -> None:
         """One verified request that carried several events (Clover, a
@@ -206,7 +233,10 @@ class ServiceMetrics:
         # One inc per distinct outcome, not per event: a batch holds up to 1000.
         for outcome, count in collections.Counter(outcomes).items():
             self._children_for(label, outcome)[0].inc(count)
+            self._tally[(label, outcome)] = self._tally.get((label, outcome), 0) + count
         self._children_for(label, answer)[1].observe(seconds)
+        if answer not in _NOT_REFUSED:  # the request as a whole was refused (503, 422)
+            self._refused.append(Refusal(time.time(), label, answer, None))
 
     def _label(self, source: str, proves: bool) -> str:
         """``source`` if it has a label or may take one now, else "_other"."""
@@ -217,7 +247,18 @@ class ServiceMetrics:
             return source
         return OTHER_SOURCE
 
-    def _children_for(self, label: str, outcome: str) -> tuple[Counter, Histogram]:
+    def take_tally(self) -> dict[tuple[str, str], int]:
+        """The requests counted by (source label, outcome) since the last call (the console's
+        overview adds them up in PostgreSQL)."""
+        tally, self._tally = self._tally, {}
+        return tally
+
+    def take_refused(self) -> list[Refusal]:
+        refused = list(self._refused)
+        self._refused.clear()
+        return refused
+
+    def _children_for(self, label: str, outcome: str) -> tuple[Counter, Histogram, tuple[str, str]]:
         """The (counter, histogram) children of a label that exists (or "_other"), cached:
         the cache holds labels only, never a name that was refused, so it stays bounded."""
         children = self._children.get((label, outcome))
@@ -227,6 +268,7 @@ class ServiceMetrics:
             children = (
                 self._events.labels(source=label, outcome=outcome),
                 self._duration.labels(outcome=outcome),
+                (label, outcome),
             )
             self._children[(label, outcome)] = children
         return children

@@ -21,6 +21,8 @@ log = logging.getLogger("codex_ingest.background")
 
 LIVE_GAUGE_SECONDS = 1.0
 READ_GAUGE_SECONDS = 5.0
+# How often a worker adds its ingest counts and refusals to the console's overview tables.
+OVERVIEW_FLUSH_SECONDS = 10.0
 
 
 async def _every(seconds: float, job: Callable[[], Awaitable[None]]) -> None:
@@ -53,8 +55,25 @@ async def background_jobs(app: web.Application) -> AsyncIterator[None]:
         with translated(settings.retry_after_seconds, metrics.count_db_error):
             await retention.purge(app[keys.STORE].pool, app[keys.QUERIES], settings.retention, on_chunk=metrics.purged)
 
+    async def flush_overview() -> None:
+        tally, refused = metrics.take_tally(), metrics.take_refused()
+        if not tally and not refused:
+            return
+        sql = app[keys.QUERIES].sql
+        with translated(settings.retry_after_seconds, metrics.count_db_error):
+            async with app[keys.STORE].pool.acquire(timeout=settings.db_connect_timeout) as conn:
+                if tally:
+                    # $1 source labels, $2 outcomes, $3 counts
+                    await conn.execute(sql("console_minutes_add"), [k[0] for k in tally], [k[1] for k in tally],
+                                       list(tally.values()))
+                if refused:
+                    # $1 unix times, $2 source labels, $3 outcomes, $4 tenants named
+                    await conn.execute(sql("console_rejections_add"), *map(list, zip(*refused, strict=True)))
+
     loop = asyncio.get_running_loop()
     jobs = []
+    if keys.READ_AUTH in app:  # the console is on
+        jobs.append(loop.create_task(_every(OVERVIEW_FLUSH_SECONDS, flush_overview)))
     if multiprocess_mode():
         jobs.append(loop.create_task(_every(LIVE_GAUGE_SECONDS, refresh_live_gauges)))
     if keys.READ_AUTH in app or settings.retention is not None:

@@ -20,6 +20,7 @@ from aiohttp import web
 from codex_ingest.errors import DatabaseUnavailable, EventRejected, IngestError
 from codex_ingest.events import IncomingEvent, Outcome
 from codex_ingest.intake.batch import InvalidItem
+from codex_ingest.intake.checks import claimed_tenant
 from codex_ingest.web.appkeys import METRICS, RATE_LIMITER, READER, SETTINGS, WRITER
 from codex_ingest.web.body import read_body
 from codex_ingest.web.responses import json_response
@@ -46,12 +47,14 @@ async def ingest_batch(request: web.Request) -> web.Response:
         events = [item for item in items if isinstance(item, IncomingEvent)]
         stored = await app[WRITER].submit_many(events) if events else []
     except IngestError as exc:
-        metrics.record(source, exc.outcome, time.perf_counter() - started, verified=verified)
+        metrics.record(source, exc.outcome, time.perf_counter() - started, verified=verified,
+                       tenant=claimed_tenant(request.headers, request.query))
         raise
     unavailable = next((r for r in stored if isinstance(r, DatabaseUnavailable)), None)
     if unavailable is not None:
         # Part of the batch may be stored; the retry answers those as duplicates.
-        metrics.record(source, unavailable.outcome, time.perf_counter() - started, verified=True)
+        metrics.record(source, unavailable.outcome, time.perf_counter() - started, verified=True,
+                       tenant=admitted.tenant)
         raise unavailable
     results = iter(stored)
     listed: list[dict[str, object]] = []

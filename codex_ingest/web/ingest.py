@@ -18,6 +18,7 @@ from aiohttp import web
 
 from codex_ingest.errors import DatabaseUnavailable, IdempotencyKeyReused, IngestError, UnknownSource
 from codex_ingest.events import IncomingEvent, Outcome, StoreResult
+from codex_ingest.intake.checks import claimed_tenant
 from codex_ingest.intake.schemes.base import Handshake
 from codex_ingest.telemetry.metrics import OTHER_SOURCE
 from codex_ingest.web.appkeys import METRICS, RATE_LIMITER, READER, SETTINGS, WRITER
@@ -56,7 +57,8 @@ async def ingest(request: web.Request) -> web.Response:
     except IngestError as exc:
         # Names nobody declared (strict_sources) must not take label slots.
         label = OTHER_SOURCE if isinstance(exc, UnknownSource) else source
-        metrics.record(label, exc.outcome, time.perf_counter() - started, verified=verified)
+        metrics.record(label, exc.outcome, time.perf_counter() - started, verified=verified,
+                       tenant=claimed_tenant(request.headers, request.query))
         raise
     if admitted.scheme.fan_out:
         return await _store_all(request, source, read, started)

@@ -7,6 +7,7 @@ from aiohttp import web
 from codex_ingest.web.appkeys import METRICS, READ_AUTH, SETTINGS
 from codex_ingest.web.batch import ingest_batch
 from codex_ingest.web.body import continue_within_limit
+from codex_ingest.web.console.pages import console_app
 from codex_ingest.web.destinations import (
     continue_small,
     destination_attempts,
@@ -41,3 +42,5 @@ def setup_routes(app: web.Application) -> None:
         app.router.add_post("/destinations/{name}/retry", retry, expect_handler=continue_small)
         app.router.add_post("/destinations/{name}/enable", enable, expect_handler=continue_small)
         app.router.add_post("/destinations/{name}/disable", disable, expect_handler=continue_small)
+        # The operator's pages, signed in with a read token (console/).
+        app.add_subapp("/console/", console_app(app))

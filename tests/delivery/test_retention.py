@@ -9,7 +9,7 @@ import asyncpg
 
 from codex_ingest.storage import retention
 from codex_ingest.storage.queries import load_queries
-from tests.delivery.receivers import error, ok, receiver
+from tests.delivery.receivers import error, hang, ok, receiver
 from tests.delivery.test_engine import SECRET, delivering, destination_toml, post, states  # noqa: F401
 from tests.helpers import until
 
@@ -28,6 +28,24 @@ async def test_a_pending_delivery_whose_event_is_purged_becomes_expired(deliveri
         assert await purge_all(db) == 1
         row = await db.fetchrow("SELECT state, last_error FROM deliveries WHERE destination = 'backend'")
         assert (row["state"], row["last_error"]) == ("expired", "deleted by retention before it was delivered")
+
+
+async def test_a_delivery_purged_while_its_send_is_in_flight_stays_expired(delivering, db) -> None:
+    """The purge takes the lease from a send in flight: the send's outcome, recorded after, is
+    logged but cannot turn the row back to pending (an event that no longer exists)."""
+    async with receiver(hang(), secret=SECRET) as hook:
+        client = await delivering(destination_toml("backend", hook.url, timeout_seconds=1, retry_schedule="[3600]"))
+        await post(client, 1)
+        await hook.wait_for(1)  # the send is in flight: the receiver holds it until the timeout
+        assert await purge_all(db) == 1
+
+        async def attempt_logged():
+            return await db.fetchval("SELECT error FROM delivery_attempts WHERE destination = 'backend'")
+
+        assert await until(attempt_logged, "the timed-out attempt logged") == "no answer within 1 s"
+        row = await db.fetchrow("SELECT state, last_error, lease_token FROM deliveries WHERE destination = 'backend'")
+        assert (row["state"], row["last_error"], row["lease_token"]) == (
+            "expired", "deleted by retention before it was delivered", None)
 
 
 async def test_an_event_purged_before_it_was_scheduled_is_listed_expired(delivering, db, database_url) -> None:
