@@ -225,9 +225,12 @@ async def test_woken_readers_read_again_a_few_at_a_time_leaving_the_pool_to_writ
 
 
 async def _blocked_count(db) -> int:
+    """Sessions waiting for a lock on purge_horizons. From pg_locks, not pg_stat_activity's query text:
+    a read blocked while its statement is being prepared (asyncpg's Parse) still shows the BEGIN before it."""
     return await db.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' "
-        "AND query LIKE '%FROM purge_horizons%'")
+        "SELECT count(*) FROM pg_locks AS l JOIN pg_class AS c ON c.oid = l.relation"
+        " WHERE NOT l.granted AND c.relname = 'purge_horizons' AND l.database = ("
+        "SELECT oid FROM pg_database WHERE datname = current_database())")
 
 
 def _blocked_reads(db, at_least: int):
