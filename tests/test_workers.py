@@ -17,8 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.local import free_port
 from codex_ingest.settings import Settings
-from tests.helpers import READ_TOKEN, SECRET, wait_until
 from tests.cli import BASE_ENV, post, wait_healthy
+from tests.helpers import READ_TOKEN, SECRET, wait_until
 
 
 def start_workers(database_url: str, port: int, log_file: Path, workers: int = 2, **env: str) -> subprocess.Popen:

@@ -128,7 +128,7 @@ def check_json(body: bytes) -> None:
     if not body.startswith(_BOM):
         try:
             document = _VALIDATOR.parse(body)
-        except Exception:  # noqa: BLE001 - whatever simdjson refuses, and however, orjson judges below
+        except Exception:  # whatever simdjson refuses, and however: orjson judges below
             pass
         else:
             is_container = isinstance(document, (simdjson.Object, simdjson.Array))

@@ -12,9 +12,9 @@ import asyncpg
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from codex_ingest.intake.ratelimit import RateLimiter
 from codex_ingest.delivery.engine import DeliveryEngine
 from codex_ingest.intake.headers import DROP_REASONS
+from codex_ingest.intake.ratelimit import RateLimiter
 from codex_ingest.intake.reader import EventReader
 from codex_ingest.intake.schemes.base import Clock
 from codex_ingest.intake.schemes.registry import build_sources
