@@ -63,7 +63,8 @@ async def background_jobs(app: web.Application) -> AsyncIterator[None]:
             return
         sql = app[keys.QUERIES].sql
         with translated(settings.retry_after_seconds, metrics.count_db_error):
-            async with app[keys.STORE].pool.acquire(timeout=settings.db_connect_timeout) as conn:
+            async with app[keys.STORE].pool.acquire(timeout=settings.db_connect_timeout) as conn, conn.transaction():
+                # One transaction: the page never shows a flush's counts without its refusals.
                 if tally:
                     # $1 source labels, $2 outcomes, $3 counts
                     await conn.execute(sql("console_minutes_add"), [k[0] for k in tally], [k[1] for k in tally],
