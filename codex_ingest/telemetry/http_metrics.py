@@ -82,11 +82,12 @@ class HttpMetrics:
         self._started: dict[tuple[str, ...], tuple[Any, Any]] = {}
         self._finished: dict[tuple[Any, ...], tuple[Any, Any]] = {}
 
-    def start(self, request: web.Request) -> _Timing:
-        """Count a request as it starts; hand what finish() needs back to the caller."""
-        route = request.match_info.route
-        resource = route.resource
-        path = resource.canonical if resource is not None else UNMATCHED_PATH
+    def start(self, request: web.Request, path: str | None = None) -> _Timing:
+        """Count a request as it starts; hand what finish() needs back to the caller.
+        ``path``: the path label, when not the matched route's (UNMATCHED_PATH for the catch-all)."""
+        if path is None:
+            resource = request.match_info.route.resource
+            path = resource.canonical if resource is not None else UNMATCHED_PATH
         remote = (request.remote or "") if self._label_remote else HIDDEN_REMOTE
         key = (request.method, request.scheme, remote, path)
         started = self._started.get(key)
@@ -110,7 +111,7 @@ class HttpMetrics:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """The same recording as a middleware of its own (the service records
-        from its one middleware, web/middleware.py, through start/finish)."""
+        from its handlers' wrapper, web/every_request.py, through start/finish)."""
         timing = self.start(request)
         try:
             response = await handler(request)

@@ -1,4 +1,4 @@
-"""The application factory: what the app holds, its middlewares, and the
+"""The application factory: what the app holds, the wrapper its handlers go through, and the
 database pool and writer opened and closed with it."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from codex_ingest.web import appkeys as keys
 from codex_ingest.web.auth import ReadAuth
 from codex_ingest.web.background import background_jobs
 from codex_ingest.web.body import BODY_BUDGET, BodyBudget
-from codex_ingest.web.middleware import response_headers, service_middleware
+from codex_ingest.web.every_request import EveryRequest, response_headers
 from codex_ingest.web.routes import setup_routes
 
 log = logging.getLogger("codex_ingest")
@@ -54,8 +54,8 @@ def create_app(settings: Settings, *, queries: Queries | None = None, clock: Clo
     http_metrics = HttpMetrics(registry, label_remote=settings.metrics_remote_label, pending=pending)
     # What this worker may hold of request bodies not yet verified (web/body.py).
     body_budget = BodyBudget(settings.body_buffer_bytes, retry_after=settings.retry_after_seconds)
+    # No middleware: each route's handler is wrapped instead (web/every_request.py).
     app = web.Application(
-        middlewares=[service_middleware(http_metrics, body_budget.release)],
         # Each route enforces its own limit while reading (web/body.py); this
         # is aiohttp's own backstop, the largest of them.
         client_max_size=max(settings.max_body_bytes, settings.max_batch_bytes),
@@ -65,6 +65,7 @@ def create_app(settings: Settings, *, queries: Queries | None = None, clock: Clo
     )
     app.on_response_prepare.append(response_headers)
     app[keys.SETTINGS] = settings
+    app[keys.EVERY_REQUEST] = EveryRequest(http_metrics, body_budget.release)
     app[BODY_BUDGET] = body_budget
     app[keys.QUERIES] = queries if queries is not None else load_queries()
     app[keys.METRICS] = ServiceMetrics(

@@ -63,7 +63,7 @@ def exposition_of(client: TestClient) -> Exposition:
     """The shared rendering behind the app's GET /metrics route."""
     (route,) = [r for r in client.app.router.routes() if r.method == "GET" and r.resource is not None
                 and r.resource.canonical == "/metrics"]
-    return route.handler.__self__.exposition
+    return route.handler.__wrapped__.__self__.exposition  # the endpoint behind the handlers' wrapper
 
 
 async def scrape(client: TestClient, **request_headers: str) -> str:
