@@ -37,19 +37,6 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bytea[], $6::te
 ON CONFLICT (tenant_id, source, idempotency_key) DO NOTHING
 RETURNING id, tenant_id, source, idempotency_key, received_at;
 
--- name: insert_events_one_origin
--- insert_events for a micro-batch whose events share their tenant, source and
--- content type (one provider's burst for one tenant): those three are scalars,
--- sent once rather than once per row, and the rows come back by key alone.
--- Rows arrive sorted by key, as for insert_events.
--- params: $1 tenant_id, $2 source, $3 content_type, $4 idempotency_key[], $5 body_sha256[], $6 body[],
---         $7 headers[] (JSON objects' text, or NULLs)
-INSERT INTO events (tenant_id, source, idempotency_key, body_sha256, body, content_type, headers)
-SELECT $1, $2, k, h, b, $3, hd::jsonb
-FROM unnest($4::text[], $5::bytea[], $6::bytea[], $7::text[]) AS u (k, h, b, hd)
-ON CONFLICT (tenant_id, source, idempotency_key) DO NOTHING
-RETURNING id, idempotency_key, received_at;
-
 -- name: find_events
 -- The stored events under many keys: (id, tenant_id, source,
 -- idempotency_key, body_sha256, received_at) for each key found. Like

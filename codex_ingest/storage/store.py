@@ -69,7 +69,6 @@ class EventStore:
         self._insert_one = queries.sql("insert_event")
         self._find_one = queries.sql("find_event")
         self._insert_many = queries.sql("insert_events")
-        self._insert_one_origin = queries.sql("insert_events_one_origin")
         self._find_many = queries.sql("find_events")
         self._ping_sql = queries.sql("ping")
         self._acquire_timeout = acquire_timeout
@@ -177,32 +176,19 @@ class EventStore:
         settled: dict[Key, StoreResult] = {}
         remaining = events
         for _ in range(_MAX_ATTEMPTS):
+            rows = await conn.fetch(
+                self._insert_many,
+                [e.tenant_id for e in remaining],        # $1 tenant_id[]
+                [e.source for e in remaining],           # $2 source[]
+                [e.idempotency_key for e in remaining],  # $3 idempotency_key[]
+                [e.body_sha256 for e in remaining],      # $4 body_sha256[]
+                [e.body for e in remaining],             # $5 body[]
+                [e.content_type for e in remaining],     # $6 content_type[]
+                [e.headers for e in remaining],          # $7 headers[] (JSON text, or None)
+            )
             by_key = {key_of(e): e for e in remaining}
-            first = remaining[0]
-            if all(e.tenant_id == first.tenant_id and e.source == first.source and e.content_type == first.content_type
-                   for e in remaining):
-                rows = await conn.fetch(
-                    self._insert_one_origin,
-                    first.tenant_id, first.source, first.content_type,  # $1 tenant_id, $2 source, $3 content_type
-                    [e.idempotency_key for e in remaining],  # $4 idempotency_key[]
-                    [e.body_sha256 for e in remaining],      # $5 body_sha256[]
-                    [e.body for e in remaining],             # $6 body[]
-                    [e.headers for e in remaining],          # $7 headers[] (JSON text, or None)
-                )
-                keys = [(first.tenant_id, first.source, row["idempotency_key"]) for row in rows]
-            else:
-                rows = await conn.fetch(
-                    self._insert_many,
-                    [e.tenant_id for e in remaining],        # $1 tenant_id[]
-                    [e.source for e in remaining],           # $2 source[]
-                    [e.idempotency_key for e in remaining],  # $3 idempotency_key[]
-                    [e.body_sha256 for e in remaining],      # $4 body_sha256[]
-                    [e.body for e in remaining],             # $5 body[]
-                    [e.content_type for e in remaining],     # $6 content_type[]
-                    [e.headers for e in remaining],          # $7 headers[] (JSON text, or None)
-                )
-                keys = [(row["tenant_id"], row["source"], row["idempotency_key"]) for row in rows]
-            for key, row in zip(keys, rows, strict=True):
+            for row in rows:
+                key = (row["tenant_id"], row["source"], row["idempotency_key"])
                 settled[key] = StoreResult(Outcome.ACCEPTED, row["id"], row["received_at"], by_key[key].body_sha256)
             skipped = [e for e in remaining if key_of(e) not in settled]
             if not skipped:

@@ -199,28 +199,3 @@ async def test_batches_in_flight_never_exceed_the_limit(store, db, in_flight: in
     assert await count(db) == 200
     assert store.most_writing == in_flight
     assert len(store.batch_sizes) >= 200 // 8
-
-
-@pytest.mark.parametrize("origin", ["one", "tenants", "sources", "content types"])
-async def test_a_batch_of_one_origin_or_of_many_is_stored_and_answered_alike(store, db, origin: str) -> None:
-    """A batch whose events share tenant, source and content type takes the statement that sends
-    those once (insert_events_one_origin); any other batch the general one. Both must store every
-    row with its own values and answer each event: new, duplicate in the batch, or stored before."""
-    def made(n: int) -> IncomingEvent:
-        body = b'{"n":%d}' % n
-        tenant = f"t{n % 2}" if origin == "tenants" else "t1"
-        source = ("square", "clover")[n % 2] if origin == "sources" else "square"
-        content_type = ("application/json", None)[n % 2] if origin == "content types" else "application/json"
-        return IncomingEvent(tenant, source, f"k{n}", body, hashlib.sha256(body).digest(), content_type)
-
-    before = await store.store_batch([made(0)])
-    events = [made(n) for n in range(6)] + [made(3)]
-    results = await store.store_batch(events)
-    assert [r.outcome for r in results] == [Outcome.DUPLICATE] + [Outcome.ACCEPTED] * 5 + [Outcome.DUPLICATE]
-    assert results[0].event_id == before[0].event_id and results[6].event_id == results[3].event_id
-    rows = await db.fetch("SELECT id, tenant_id, source, idempotency_key, content_type, body FROM events ORDER BY id")
-    assert len(rows) == 6
-    for result, sent in zip(results[:6], events[:6], strict=True):
-        row = next(r for r in rows if r["id"] == result.event_id)
-        assert (row["tenant_id"], row["source"], row["idempotency_key"], row["content_type"], bytes(row["body"])) == (
-            sent.tenant_id, sent.source, sent.idempotency_key, sent.content_type, sent.body)
