@@ -218,6 +218,8 @@ class Run:
         self.workdir = workdir
         self.use_wrk = use_wrk
         self.settings = dict(item.split("=", 1) for item in args.set)
+        self.kept: dict[str, tuple[str, subprocess.Popen[bytes], int]] = {}  # side: (url, process, port) (--keep)
+        self.plans: dict[int, tuple[str, list[Any]]] = {}
         if "single" in args.points:
             self.plan = fresh_plan(args.seconds, SINGLE_CONNECTIONS, DUPLICATES, use_wrk)
             _, self.warm_plan = build_plan(total=20_000, unique=10_000, tenant="ab-warmup", secret=SECRET)
@@ -233,14 +235,41 @@ class Run:
     def database_cpu(self) -> dict[int, float]:
         return server_cpu(self.databases.server)
 
+    def warm(self, port: int) -> None:
+        if self.use_wrk:
+            drive_with_wrk(port, self.warm_plan, "ab-warmup", SINGLE_CONNECTIONS, self.args.warmup, self.workdir)
+        else:
+            drive_with_python(port, self.warm_plan[:2000], SINGLE_CONNECTIONS)
+
+    def keep_serving(self, stack: contextlib.ExitStack) -> None:
+        """--keep: each side's service started once, on a fresh database, and warmed; the rounds'
+        single points then go to these, seconds apart, each round with a plan of its own."""
+        for side in SIDES:
+            url = self.databases.fresh(side)
+            proc, port = stack.enter_context(serving(self.trees[side], url, SINGLE_WORKERS, self.settings,
+                                                     self.workdir, f"kept-single-{side}"))
+            self.warm(port)
+            self.kept[side] = (url, proc, port)
+
+    def round_plan(self, round_: int) -> tuple[str, list[Any]]:
+        """The plan both sides get in this round: the run's own, or with --keep one per round
+        (a kept service has stored the plans before it: they would come back as duplicates)."""
+        if not self.kept:
+            return self.plan
+        if round_ not in self.plans:
+            self.plans = {round_: fresh_plan(self.args.seconds, SINGLE_CONNECTIONS, DUPLICATES, self.use_wrk)}
+        return self.plans[round_]
+
     def single(self, side: str, round_: int) -> dict[str, Any]:
+        if side in self.kept:
+            url, proc, port = self.kept[side]
+            return run_point(url, port, SINGLE_WORKERS, True, SINGLE_CONNECTIONS, self.args.seconds, DUPLICATES,
+                             self.use_wrk, self.workdir, proc, plan=self.round_plan(round_),
+                             database_cpu=self.database_cpu)
         url = self.databases.fresh(side)
         with serving(self.trees[side], url, SINGLE_WORKERS, self.settings, self.workdir,
                      f"r{round_}-single-{side}") as (proc, port):
-            if self.use_wrk:
-                drive_with_wrk(port, self.warm_plan, "ab-warmup", SINGLE_CONNECTIONS, self.args.warmup, self.workdir)
-            else:
-                drive_with_python(port, self.warm_plan[:2000], SINGLE_CONNECTIONS)
+            self.warm(port)
             point = run_point(url, port, SINGLE_WORKERS, True, SINGLE_CONNECTIONS, self.args.seconds, DUPLICATES,
                               self.use_wrk, self.workdir, proc, plan=self.plan, database_cpu=self.database_cpu)
         return point
@@ -375,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="seconds of load before each measurement, not measured")
     parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
                         help="measure aiohttp's floor (bench.floor) once a round for overhead_ratio (single)")
+    parser.add_argument("--keep", action=argparse.BooleanOptionalAction, default=False,
+                        help="single point: serve each side once for the whole run and alternate the load "
+                             "between the two running services (A and B seconds apart, not a restart apart)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting for both sides' service, e.g. DB_POOL_MAX=4 (repeatable)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON document here, indented")
@@ -405,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
         for side, tree in trees.items():
             databases.migrate(side, tree)
         run = Run(args, trees, databases, work, use_wrk)
+        if args.keep and "single" in args.points:
+            run.keep_serving(stack)
         for round_ in range(1, args.rounds + 1):
             rounds.append(run_round(run, round_))
 
@@ -412,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         **described,
         "settings": {
             "rounds": args.rounds, "seconds": args.seconds, "warmup": args.warmup, "points": list(args.points),
+            "keep": args.keep,
             "set": run.settings, "load_generator": wrk_version() if use_wrk else "python",
             "single": {"connections": SINGLE_CONNECTIONS, "workers": SINGLE_WORKERS, "batching": True,
                        "duplicates": DUPLICATES},

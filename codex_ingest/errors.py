@@ -1,5 +1,5 @@
 """Domain errors. Each knows its HTTP status, its JSON error code and the
-metrics outcome it counts as; ``web/middleware.py`` turns them into responses.
+metrics outcome it counts as; ``web/every_request.py`` turns them into responses.
 The docstring is the default detail sent to the client."""
 
 from __future__ import annotations

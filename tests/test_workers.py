@@ -17,8 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.local import free_port
 from codex_ingest.settings import Settings
-from tests.helpers import READ_TOKEN, SECRET
 from tests.cli import BASE_ENV, post, wait_healthy
+from tests.helpers import READ_TOKEN, SECRET, wait_until
 
 
 def start_workers(database_url: str, port: int, log_file: Path, workers: int = 2, **env: str) -> subprocess.Popen:
@@ -75,17 +75,23 @@ def test_one_scrape_sees_every_worker_and_sigterm_stops_them_all(service) -> Non
     proc, port, log_file = service
     for i in range(40):
         assert post(port, f'{{"w":{i}}}'.encode())[0] == 201
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    accepted = 0.0
-    pids = set()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "codex_ingest_events_total" and sample.labels.get("outcome") == "accepted":
-                accepted += sample.value
-            if "pid" in sample.labels:
-                pids.add(sample.labels["pid"])
-    assert accepted == 40  # every worker's counts, from whichever worker answered
+
+    def scraped() -> tuple[float, set[str]]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        accepted = 0.0
+        pids = set()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "codex_ingest_events_total" and sample.labels.get("outcome") == "accepted":
+                    accepted += sample.value
+                if "pid" in sample.labels:
+                    pids.add(sample.labels["pid"])
+        return accepted, pids
+
+    # Every worker's counts, from whichever worker answers: each applies its own within a second.
+    accepted, pids = wait_until(lambda: (found := scraped())[0] == 40 and found, "all 40 counted")
+    assert accepted == 40
     assert len(pids) == 2  # both workers served requests
 
     proc.send_signal(signal.SIGTERM)

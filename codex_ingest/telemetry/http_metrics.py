@@ -24,6 +24,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from codex_ingest.telemetry.deferred import FlushOnCollect, PendingCounts
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 HIDDEN_REMOTE = "-"
@@ -40,7 +42,14 @@ _Timing = tuple[tuple[str, ...], Any, float]
 
 
 class HttpMetrics:
-    def __init__(self, registry: CollectorRegistry, *, label_remote: bool, prefix: str = "aiohttp") -> None:
+    def __init__(self, registry: CollectorRegistry, *, label_remote: bool, prefix: str = "aiohttp",
+                 pending: PendingCounts | None = None) -> None:
+        """``pending``: where the per-request counts wait for their flush (telemetry/deferred.py);
+        a PendingCounts of its own, flushed on collection, when not given."""
+        if pending is None:
+            pending = PendingCounts()
+            registry.register(FlushOnCollect(pending))
+        self._pending = pending
         self._label_remote = label_remote
         self._requests = Counter(
             f"{prefix}_requests", "Total requests by method, scheme, remote and path template.",
@@ -73,11 +82,12 @@ class HttpMetrics:
         self._started: dict[tuple[str, ...], tuple[Any, Any]] = {}
         self._finished: dict[tuple[Any, ...], tuple[Any, Any]] = {}
 
-    def start(self, request: web.Request) -> _Timing:
-        """Count a request as it starts; hand what finish() needs back to the caller."""
-        route = request.match_info.route
-        resource = route.resource
-        path = resource.canonical if resource is not None else UNMATCHED_PATH
+    def start(self, request: web.Request, path: str | None = None) -> _Timing:
+        """Count a request as it starts; hand what finish() needs back to the caller.
+        ``path``: the path label, when not the matched route's (UNMATCHED_PATH for the catch-all)."""
+        if path is None:
+            resource = request.match_info.route.resource
+            path = resource.canonical if resource is not None else UNMATCHED_PATH
         remote = (request.remote or "") if self._label_remote else HIDDEN_REMOTE
         key = (request.method, request.scheme, remote, path)
         started = self._started.get(key)
@@ -101,7 +111,7 @@ class HttpMetrics:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """The same recording as a middleware of its own (the service records
-        from its one middleware, web/middleware.py, through start/finish)."""
+        from its handlers' wrapper, web/every_request.py, through start/finish)."""
         timing = self.start(request)
         try:
             response = await handler(request)
@@ -123,12 +133,16 @@ class HttpMetrics:
 
     def _children_started(self, key: tuple[str, ...]) -> tuple[Any, Any]:
         children = (self._requests.labels(*key), self._in_progress.labels(*key))
-        if len(self._started) < _MAX_CACHED:
-            self._started[key] = children
-        return children
+        if len(self._started) >= _MAX_CACHED:
+            return children  # counted at once: only a cached key holds deferred counts, so they stay bounded
+        deferred = (self._pending.counter(children[0]), self._pending.counter(children[1]))
+        self._started[key] = deferred
+        return deferred
 
     def _children_finished(self, key: tuple[str, ...], status: int) -> tuple[Any, Any]:
         children = (self._responses.labels(*key, str(status)), self._duration.labels(*key, str(status)))
-        if len(self._finished) < _MAX_CACHED:
-            self._finished[(key, status)] = children
-        return children
+        if len(self._finished) >= _MAX_CACHED:
+            return children
+        deferred = (self._pending.counter(children[0]), self._pending.histogram(children[1]))
+        self._finished[(key, status)] = deferred
+        return deferred

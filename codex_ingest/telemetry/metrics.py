@@ -32,6 +32,7 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 from codex_ingest import __version__
+from codex_ingest.telemetry.deferred import DeferredCounter, DeferredHistogram, FlushOnCollect, PendingCounts
 
 OUTCOMES = (
     "accepted",
@@ -84,8 +85,15 @@ class ServiceMetrics:
     def __init__(
         self, registry: CollectorRegistry, *, sources: Iterable[str] = (), db_error_classes: Iterable[str] = (),
         header_drop_reasons: Iterable[str] = (), retention: bool = False, destinations: Iterable[str] = (),
+        pending: PendingCounts | None = None,
     ) -> None:
+        """``pending``: where the per-request counts wait for their flush (telemetry/deferred.py),
+        shared with the HTTP metrics; one of its own, flushed on collection, when not given."""
         self.registry = registry
+        if pending is None:
+            pending = PendingCounts()
+            registry.register(FlushOnCollect(pending))
+        self.pending = pending
         self._events = Counter(
             "codex_ingest_events",
             "Ingest requests by source and outcome.",
@@ -187,7 +195,8 @@ class ServiceMetrics:
         build_info.labels(version=__version__).set(1)
         # Label children cached per (source, outcome): .labels() takes a lock
         # and hashes every call, which the hot path does not need to repeat.
-        self._children: dict[tuple[str, str], tuple[Counter, Histogram, tuple[str, str]]] = {}
+        self._children: dict[tuple[str, str], tuple[DeferredCounter, DeferredHistogram, tuple[str, str]]] = {}
+        self._durations: dict[str, DeferredHistogram] = {}  # one per outcome, shared by every source
         # For the console's overview: counts since the last take_tally(), and the newest refusals
         # (bounded: labels are, and the deque keeps REFUSED_KEPT).
         self._tally: dict[tuple[str, str], int] = {}
@@ -258,18 +267,17 @@ class ServiceMetrics:
         self._refused.clear()
         return refused
 
-    def _children_for(self, label: str, outcome: str) -> tuple[Counter, Histogram, tuple[str, str]]:
+    def _children_for(self, label: str, outcome: str) -> tuple[DeferredCounter, DeferredHistogram, tuple[str, str]]:
         """The (counter, histogram) children of a label that exists (or "_other"), cached:
         the cache holds labels only, never a name that was refused, so it stays bounded."""
         children = self._children.get((label, outcome))
         if children is None:
             if label not in self._started:
                 self._start_source(label)
-            children = (
-                self._events.labels(source=label, outcome=outcome),
-                self._duration.labels(outcome=outcome),
-                (label, outcome),
-            )
+            duration = self._durations.get(outcome)
+            if duration is None:
+                duration = self._durations[outcome] = self.pending.histogram(self._duration.labels(outcome=outcome))
+            children = (self.pending.counter(self._events.labels(source=label, outcome=outcome)), duration, (label, outcome))
             self._children[(label, outcome)] = children
         return children
 

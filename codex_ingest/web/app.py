@@ -1,4 +1,4 @@
-"""The application factory: what the app holds, its middlewares, and the
+"""The application factory: what the app holds, the wrapper its handlers go through, and the
 database pool and writer opened and closed with it."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import asyncpg
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from codex_ingest.intake.ratelimit import RateLimiter
 from codex_ingest.delivery.engine import DeliveryEngine
 from codex_ingest.intake.headers import DROP_REASONS
+from codex_ingest.intake.ratelimit import RateLimiter
 from codex_ingest.intake.reader import EventReader
 from codex_ingest.intake.schemes.base import Clock
 from codex_ingest.intake.schemes.registry import build_sources
@@ -26,13 +26,14 @@ from codex_ingest.storage.notify import HeadWatch
 from codex_ingest.storage.pool import create_pool
 from codex_ingest.storage.queries import Queries, load_queries
 from codex_ingest.storage.store import EventStore
+from codex_ingest.telemetry.deferred import FlushOnCollect, PendingCounts
 from codex_ingest.telemetry.http_metrics import HttpMetrics
 from codex_ingest.telemetry.metrics import ServiceMetrics
 from codex_ingest.web import appkeys as keys
 from codex_ingest.web.auth import ReadAuth
 from codex_ingest.web.background import background_jobs
 from codex_ingest.web.body import BODY_BUDGET, BodyBudget
-from codex_ingest.web.middleware import response_headers, service_middleware
+from codex_ingest.web.every_request import EveryRequest, response_headers
 from codex_ingest.web.routes import setup_routes
 
 log = logging.getLogger("codex_ingest")
@@ -46,11 +47,15 @@ def create_app(settings: Settings, *, queries: Queries | None = None, clock: Clo
     if settings.database_url is None:
         raise ValueError("create_app needs settings.database_url (serve resolves the embedded one)")
     registry = CollectorRegistry(auto_describe=True)
-    http_metrics = HttpMetrics(registry, label_remote=settings.metrics_remote_label)
+    # The per-request counts, kept as plain numbers until a flush (telemetry/deferred.py);
+    # registered first, so a collection flushes them before the series are read.
+    pending = PendingCounts()
+    registry.register(FlushOnCollect(pending))
+    http_metrics = HttpMetrics(registry, label_remote=settings.metrics_remote_label, pending=pending)
     # What this worker may hold of request bodies not yet verified (web/body.py).
     body_budget = BodyBudget(settings.body_buffer_bytes, retry_after=settings.retry_after_seconds)
+    # No middleware: each route's handler is wrapped instead (web/every_request.py).
     app = web.Application(
-        middlewares=[service_middleware(http_metrics, body_budget.release)],
         # Each route enforces its own limit while reading (web/body.py); this
         # is aiohttp's own backstop, the largest of them.
         client_max_size=max(settings.max_body_bytes, settings.max_batch_bytes),
@@ -60,6 +65,7 @@ def create_app(settings: Settings, *, queries: Queries | None = None, clock: Clo
     )
     app.on_response_prepare.append(response_headers)
     app[keys.SETTINGS] = settings
+    app[keys.EVERY_REQUEST] = EveryRequest(http_metrics, body_budget.release)
     app[BODY_BUDGET] = body_budget
     app[keys.QUERIES] = queries if queries is not None else load_queries()
     app[keys.METRICS] = ServiceMetrics(
@@ -69,6 +75,7 @@ def create_app(settings: Settings, *, queries: Queries | None = None, clock: Clo
         header_drop_reasons=DROP_REASONS,
         destinations=settings.source_table.destinations if settings.source_table is not None else (),
         retention=settings.retention is not None,
+        pending=pending,
     )
     # Every source's scheme is built once, here, not per request.
     sources = build_sources(settings.source_table, clock, webhook_secret=settings.webhook_secret)

@@ -14,6 +14,7 @@ from codex_ingest.storage.queries import Queries
 from codex_ingest.storage.store import EventStore
 from codex_ingest.telemetry.metrics import ServiceMetrics
 from codex_ingest.web.auth import ReadAuth
+from codex_ingest.web.every_request import EveryRequest
 
 SETTINGS = web.AppKey("settings", Settings)
 QUERIES = web.AppKey("queries", Queries)
@@ -25,3 +26,4 @@ RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 EVENT_LOG = web.AppKey("event_log", EventLog)
 HEAD_WATCH = web.AppKey("head_watch", HeadWatch)
 READ_AUTH = web.AppKey("read_auth", ReadAuth)
+EVERY_REQUEST = web.AppKey("every_request", EveryRequest)  # wraps each route's handler (web/routes.py)

@@ -22,7 +22,7 @@ from aiohttp.web_urldispatcher import _default_expect_handler as _aiohttp_expect
 
 from codex_ingest.errors import IngestError, PayloadTooLarge, RequestTimeout
 from codex_ingest.web.appkeys import SETTINGS
-from codex_ingest.web.middleware import REQUEST_ID_HEADER, request_id
+from codex_ingest.web.every_request import REQUEST_ID_HEADER, UNMATCHED_NAME, request_id
 from codex_ingest.web.responses import error_response
 
 # Bodies up to this size may use the whole budget; larger ones only three quarters of it.
@@ -74,7 +74,7 @@ class BodyBudget:
         return ServerBusy(retry_after=self.retry_after)
 
     def release(self, request: web.Request) -> None:
-        """Give back what ``request`` took; the middleware calls it once the handler is done."""
+        """Give back what ``request`` took; the handlers' wrapper (web/every_request.py) calls it once the handler is done."""
         held = request.get(HELD)
         if held:
             self.held -= held
@@ -173,7 +173,7 @@ async def continue_within_limit(request: web.Request) -> web.StreamResponse | No
     refusal (expectation_refusal) at once, so the client never sends it."""
     refused = expectation_refusal(request, body_limit(request), request.app.get(BODY_BUDGET))
     if refused is not None:
-        refused.headers[REQUEST_ID_HEADER] = request_id(request)  # answered before the middleware
+        refused.headers[REQUEST_ID_HEADER] = request_id(request)  # answered before the handler and its wrapper
         return refused
     await _aiohttp_expect_handler(request)  # 100 Continue (to an HTTP/1.1 request)
     return None
@@ -191,8 +191,8 @@ async def refuse_unwanted_body(request: web.BaseRequest, router: AbstractRouter)
     if expect is not None and expect.lower() != "100-continue":
         return _expectation_failed()
     match = await router.resolve(request)  # type: ignore[arg-type]
-    if request.method == hdrs.METH_POST and match.http_exception is None:
-        return None  # the service's POST routes are the ingest routes: continue_within_limit
+    if request.method == hdrs.METH_POST and match.http_exception is None and match.route.name != UNMATCHED_NAME:
+        return None  # the service's POST routes (not the one for what no route matched) invite by their own limit
     refused = expectation_refusal(request, NO_BODY_LIMIT, takes_body=False)
     if refused is None and (request.content_length or 0) > NO_BODY_LIMIT:
         refused = refusal(413, PayloadTooLarge.code, f"this route takes no body over {NO_BODY_LIMIT} bytes")

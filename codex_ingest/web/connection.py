@@ -68,7 +68,7 @@ from aiohttp.web_request import BaseRequest
 
 from codex_ingest.web.appkeys import SETTINGS
 from codex_ingest.web.body import NO_BODY_LIMIT, refusal, refuse_unwanted_body
-from codex_ingest.web.middleware import REQUEST_ID_HEADER, request_id
+from codex_ingest.web.every_request import REQUEST_ID_HEADER, request_id
 from codex_ingest.web.responses import RESPONSE_HEADERS, error_response
 
 log = logging.getLogger("codex_ingest.connection")
@@ -267,7 +267,7 @@ class GuardedServer(web.Server):
             refused = await refuse_unwanted_body(request, self._router)
         if refused is None:
             return await self._app_handler(request)
-        # Answered before the app: its middleware and on_response_prepare do not run.
+        # Answered before the app: its handlers' wrapper and on_response_prepare do not run.
         refused.headers.update(RESPONSE_HEADERS)
         refused.headers[REQUEST_ID_HEADER] = request_id(request)
         return refused

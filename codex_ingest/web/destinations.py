@@ -38,7 +38,7 @@ from codex_ingest.storage.dberrors import translated
 from codex_ingest.storage.pool import create_pool
 from codex_ingest.web.appkeys import METRICS, QUERIES, READ_AUTH, SETTINGS
 from codex_ingest.web.body import BODY_BUDGET, expectation_refusal, read_body
-from codex_ingest.web.middleware import REQUEST_ID_HEADER, request_id
+from codex_ingest.web.every_request import REQUEST_ID_HEADER, request_id
 from codex_ingest.web.responses import json_response
 
 ADMIN = web.AppKey("destination_admin", DestinationAdmin)
@@ -93,7 +93,7 @@ async def continue_small(request: web.Request) -> web.StreamResponse | None:
     """``Expect: 100-continue`` on these routes: invited only within ADMIN_BODY_LIMIT."""
     refused = expectation_refusal(request, ADMIN_BODY_LIMIT, request.app.get(BODY_BUDGET))
     if refused is not None:
-        refused.headers[REQUEST_ID_HEADER] = request_id(request)  # answered before the middleware
+        refused.headers[REQUEST_ID_HEADER] = request_id(request)  # answered before the handler and its wrapper
         return refused
     await _aiohttp_expect_handler(request)
     return None

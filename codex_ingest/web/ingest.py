@@ -109,7 +109,7 @@ async def _store_all(request: web.Request, source: str, events: Sequence[Incomin
                 failure = result
             continue
         if isinstance(result, BaseException):
-            raise result  # a bug: the error middleware logs it and answers 500
+            raise result  # a bug: the handlers' wrapper logs it and answers 500
         if result.outcome is Outcome.CONFLICT:
             conflicts += 1
         outcomes.append(result.outcome.value)

@@ -45,10 +45,11 @@ class MetricsEndpoint:
     set, only for ``Authorization: Bearer <METRICS_TOKEN>``: anything else is
     401 before any rendering, so an unauthenticated flood costs almost nothing."""
 
-    __slots__ = ("_expected", "exposition")
+    __slots__ = ("_expected", "_pending", "exposition")
 
     def __init__(self, metrics: ServiceMetrics, settings: Settings) -> None:
         self.exposition = Exposition(metrics.exposition, settings.metrics_cache_seconds)
+        self._pending = metrics.pending
         token = settings.metrics_token
         # Compared as digests: constant time whatever the length of what is sent.
         self._expected = hashlib.sha256(token.encode()).digest() if token is not None else None
@@ -56,6 +57,8 @@ class MetricsEndpoint:
     async def scrape(self, request: web.Request) -> web.Response:
         if self._expected is not None:
             _authorize(request.headers.get(hdrs.AUTHORIZATION), self._expected)
+        # This worker's own counts, applied here on the loop: the rendering runs in a thread.
+        self._pending.flush()
         return web.Response(body=await self.exposition.body(), headers={hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST})
 
 

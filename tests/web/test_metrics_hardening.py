@@ -30,7 +30,7 @@ from codex_ingest.settings import SERVE_OPTIONS, ConfigError, load_settings
 from codex_ingest.telemetry.metrics import MAX_SOURCE_LABELS, OTHER_SOURCE, OUTCOMES, ServiceMetrics
 from codex_ingest.telemetry.scrape import Exposition
 from tests import live
-from tests.helpers import SECRET, headers, sign
+from tests.helpers import SECRET, headers, sign, until
 from tests.ops.stack import serve_workers
 
 TOKEN = "metrics-token-0123456789-abcdef"
@@ -63,7 +63,7 @@ def exposition_of(client: TestClient) -> Exposition:
     """The shared rendering behind the app's GET /metrics route."""
     (route,) = [r for r in client.app.router.routes() if r.method == "GET" and r.resource is not None
                 and r.resource.canonical == "/metrics"]
-    return route.handler.__self__.exposition
+    return route.handler.__wrapped__.__self__.exposition  # the endpoint behind the handlers' wrapper
 
 
 async def scrape(client: TestClient, **request_headers: str) -> str:
@@ -172,8 +172,17 @@ async def test_the_long_name_attack_on_a_real_two_worker_serve_leaves_metrics_an
             statuses = await asyncio.gather(*(post(f"made-up-{i}", BODY, "sha256=" + "0" * 64) for i in range(ATTACK_REQUESTS)))
             assert set(statuses) == {401}
             assert await post("square", BODY, sign(BODY, SECRET)) == 201
-        status, text = _get(f"{service.url}/metrics")
-    assert status == 200
+
+        def every_count_flushed() -> bytes | None:
+            # Each worker applies its counts to the shared series within a second (telemetry/deferred.py).
+            status, text = _get(f"{service.url}/metrics")
+            assert status == 200
+            found = events_total(text.decode())
+            flushed = (found.get((OTHER_SOURCE, "rejected_input")) == ATTACK_REQUESTS
+                       and found.get((OTHER_SOURCE, "rejected_signature")) == ATTACK_REQUESTS)
+            return text if flushed else None
+
+        text = await until(every_count_flushed, "both workers' counts in the series")
     found = events_total(text.decode())
     assert source_labels(text.decode()) == {"square", OTHER_SOURCE}
     assert found[("square", "accepted")] == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,11 +22,13 @@ from codex_ingest.errors import UnknownDestination
 from codex_ingest.intake.checks import SOURCE_PATTERN, TENANT_PATTERN
 from codex_ingest.storage.dberrors import translated
 from codex_ingest.storage.delivery import Cursor
+from codex_ingest.telemetry.http_metrics import UNMATCHED_PATH
 from codex_ingest.telemetry.metrics import OUTCOMES
 from codex_ingest.web.appkeys import EVENT_LOG, METRICS, QUERIES, READ_AUTH, SETTINGS
-from codex_ingest.web.console.guard import guard, served_over_https
+from codex_ingest.web.console.guard import guarded, served_over_https
 from codex_ingest.web.console.sessions import COOKIE, LIFETIME_SECONDS, Operator, Sessions
 from codex_ingest.web.destinations import ADMIN, ADMIN_POOL
+from codex_ingest.web.every_request import UNMATCHED_NAME, UNMATCHED_ROUTE, unmatched
 
 SESSIONS = web.AppKey("console_sessions", Sessions)
 PAGE_SIZE = 50
@@ -38,24 +40,30 @@ _EVENT_ID = re.compile(r"[0-9]{1,19}")
 _BIGINT_MAX = 2**63 - 1
 
 
-def console_app(parent: web.Application) -> web.Application:
-    """The /console/ sub-application: its own middleware, so ingest pays nothing for it."""
-    app = web.Application(middlewares=[guard])
+def console_app(parent: web.Application, wrap: Callable[..., web.Handler]) -> web.Application:
+    """The /console/ sub-application. Each handler is ``guarded`` (the security headers, no
+    cross-site POST) and wrapped like every route (``wrap``: web/every_request.py)."""
+    app = web.Application()
     app[SESSIONS] = Sessions(parent[QUERIES], parent[READ_AUTH])
     aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("codex_ingest.web.console", "templates"), autoescape=True)
-    app.router.add_get("/", home)
-    app.router.add_get("/static/console.css", style_sheet)
-    app.router.add_get("/signin", sign_in_page)
-    app.router.add_post("/signin", sign_in)
-    app.router.add_post("/signout", sign_out)
-    app.router.add_get("/events", events_page)
-    app.router.add_get("/events/{id}", event_page)
-    app.router.add_get("/events/{id}/body", event_body)
-    app.router.add_post("/events/{id}/retry", retry_event)
-    app.router.add_get("/overview", overview_page)
-    app.router.add_get("/destinations", destinations_page)
-    app.router.add_get("/destinations/{name}", destination_page)
-    app.router.add_post("/destinations/{name}/{action:retry|enable|disable|replay}", destination_action)
+
+    def page(handler: web.Handler, **options: Any) -> web.Handler:
+        return wrap(guarded(handler), **options)
+
+    app.router.add_get("/", page(home))
+    app.router.add_get("/static/console.css", page(style_sheet))
+    app.router.add_get("/signin", page(sign_in_page))
+    app.router.add_post("/signin", page(sign_in))
+    app.router.add_post("/signout", page(sign_out))
+    app.router.add_get("/events", page(events_page))
+    app.router.add_get("/events/{id}", page(event_page))
+    app.router.add_get("/events/{id}/body", page(event_body))
+    app.router.add_post("/events/{id}/retry", page(retry_event))
+    app.router.add_get("/overview", page(overview_page))
+    app.router.add_get("/destinations", page(destinations_page))
+    app.router.add_get("/destinations/{name}", page(destination_page))
+    app.router.add_post("/destinations/{name}/{action:retry|enable|disable|replay}", page(destination_action))
+    app.router.add_route("*", UNMATCHED_ROUTE, page(unmatched, path_template=UNMATCHED_PATH), name=UNMATCHED_NAME)
     return app
 
 
