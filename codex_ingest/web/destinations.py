@@ -77,10 +77,12 @@ def _operator(request: web.Request) -> DestinationAdmin:
 
 
 @asynccontextmanager
-async def _connection(request: web.Request) -> AsyncIterator[asyncpg.Connection]:
-    settings = request.app[SETTINGS]
-    with translated(settings.retry_after_seconds, request.app[METRICS].count_db_error):
-        async with request.app[ADMIN_POOL].acquire(timeout=settings.db_connect_timeout) as conn:
+async def admin_connection(request: web.Request) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of the operators' own pool (ADMIN_POOL), database errors translated once.
+    Also the console's (a sub-application: hence config_dict)."""
+    settings = request.config_dict[SETTINGS]
+    with translated(settings.retry_after_seconds, request.config_dict[METRICS].count_db_error):
+        async with request.config_dict[ADMIN_POOL].acquire(timeout=settings.db_connect_timeout) as conn:
             yield conn
 
 
@@ -101,7 +103,7 @@ async def continue_small(request: web.Request) -> web.StreamResponse | None:
 
 async def list_destinations(request: web.Request) -> web.Response:
     admin = _operator(request)
-    async with _connection(request) as conn:
+    async with admin_connection(request) as conn:
         found = await admin.overview(conn)
     return json_response({"destinations": found}, headers=NO_STORE)
 
@@ -115,7 +117,7 @@ async def destination_attempts(request: web.Request) -> web.Response:
     tenant = parse_tenant(query.get("tenant"))
     limit = parse_limit(query.get("limit"))
     before = decode_cursor(query.get("after"))
-    async with _connection(request) as conn:
+    async with admin_connection(request) as conn:
         page = await admin.attempts(conn, name, status=status, tenant=tenant, limit=limit, before=before)
     return json_response(page, headers=NO_STORE)
 
@@ -131,7 +133,7 @@ async def replay(request: web.Request) -> web.Response:
         raise InvalidJSON('the body must be a JSON object: {"since": "<RFC 3339 time>", "tenant": "<optional>"}') \
             from None
     since, tenant = parse_replay(document)
-    async with _connection(request) as conn:
+    async with admin_connection(request) as conn:
         count = await admin.replay(conn, name, since, tenant)
     return json_response({"replayed": count}, status=202, headers=NO_STORE)
 
@@ -141,7 +143,7 @@ async def retry(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     admin.spec(name)
     await _body(request)  # none is needed; one is read within the limit and ignored
-    async with _connection(request) as conn:
+    async with admin_connection(request) as conn:
         count = await admin.retry(conn, name)
     return json_response({"retried": count}, status=202, headers=NO_STORE)
 
@@ -159,6 +161,6 @@ async def _switch(request: web.Request, action: str) -> web.Response:
     name = request.match_info["name"]
     admin.spec(name)
     await _body(request)  # none is needed; one is read within the limit and ignored
-    async with _connection(request) as conn:
+    async with admin_connection(request) as conn:
         answer = await (admin.enable if action == "enable" else admin.disable)(conn, name)
     return json_response(answer, headers=NO_STORE)

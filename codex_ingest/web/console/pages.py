@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,14 +19,13 @@ from aiohttp import web
 from codex_ingest.delivery.config import ALL
 from codex_ingest.errors import UnknownDestination
 from codex_ingest.intake.checks import SOURCE_PATTERN, TENANT_PATTERN
-from codex_ingest.storage.dberrors import translated
 from codex_ingest.storage.delivery import Cursor
 from codex_ingest.telemetry.http_metrics import UNMATCHED_PATH
 from codex_ingest.telemetry.metrics import OUTCOMES
-from codex_ingest.web.appkeys import EVENT_LOG, METRICS, QUERIES, READ_AUTH, SETTINGS
+from codex_ingest.web.appkeys import EVENT_LOG, QUERIES, READ_AUTH, SETTINGS
 from codex_ingest.web.console.guard import guarded, served_over_https
 from codex_ingest.web.console.sessions import COOKIE, LIFETIME_SECONDS, Operator, Sessions
-from codex_ingest.web.destinations import ADMIN, ADMIN_POOL
+from codex_ingest.web.destinations import ADMIN, admin_connection
 from codex_ingest.web.every_request import UNMATCHED_NAME, UNMATCHED_ROUTE, unmatched
 
 SESSIONS = web.AppKey("console_sessions", Sessions)
@@ -67,17 +65,9 @@ def console_app(parent: web.Application, wrap: Callable[..., web.Handler]) -> we
     return app
 
 
-@asynccontextmanager
-async def _connection(request: web.Request) -> AsyncIterator[asyncpg.Connection]:
-    settings = request.config_dict[SETTINGS]
-    with translated(settings.retry_after_seconds, request.config_dict[METRICS].count_db_error):
-        async with request.config_dict[ADMIN_POOL].acquire(timeout=settings.db_connect_timeout) as conn:
-            yield conn
-
-
 async def _operator(request: web.Request) -> Operator:
     """Who is signed in; a redirect to the sign-in page otherwise."""
-    async with _connection(request) as conn:
+    async with admin_connection(request) as conn:
         who = await request.app[SESSIONS].operator(conn, request.cookies.get(COOKIE))
     if who is None:
         raise web.HTTPSeeOther("/console/signin")
@@ -106,7 +96,7 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
     token = form.get("token")
     session = None
     if isinstance(token, str) and token.strip():
-        async with _connection(request) as conn:
+        async with admin_connection(request) as conn:
             session = await request.app[SESSIONS].sign_in(conn, token.strip())
     if session is None:
         return aiohttp_jinja2.render_template("signin.html", request, {"failed": True}, status=401)
@@ -117,7 +107,7 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
 
 
 async def sign_out(request: web.Request) -> web.StreamResponse:
-    async with _connection(request) as conn:
+    async with admin_connection(request) as conn:
         await request.app[SESSIONS].sign_out(conn, request.cookies.get(COOKIE))
     response = web.HTTPSeeOther("/console/signin")
     response.del_cookie(COOKIE, path="/console")
@@ -158,7 +148,7 @@ async def events_page(request: web.Request) -> web.StreamResponse:
             raise web.HTTPBadRequest(text="before is a page link's, as given")
         before_xact, before_id = match.group(1), min(int(match.group(2)), _BIGINT_MAX)
     sql = request.config_dict[QUERIES].sql
-    async with _connection(request) as conn:
+    async with admin_connection(request) as conn:
         rows = await conn.fetch(
             sql("console_events"),
             None if who.tenants is None else sorted(who.tenants),   # $1 tenants the token may read
@@ -186,7 +176,7 @@ async def _event(request: web.Request) -> tuple[Operator, asyncpg.Record]:
     text = request.match_info["id"]
     if not _EVENT_ID.fullmatch(text) or int(text) > _BIGINT_MAX:
         raise web.HTTPNotFound()
-    async with _connection(request) as conn:
+    async with admin_connection(request) as conn:
         # $1 event id, $2 tenants the token may read
         row = await conn.fetchrow(request.config_dict[QUERIES].sql("console_event"), int(text),
                                   None if who.tenants is None else sorted(who.tenants))
@@ -213,7 +203,7 @@ def _shown_body(body: bytes) -> dict[str, Any]:
 async def event_page(request: web.Request) -> web.StreamResponse:
     who, row = await _event(request)
     sql = request.config_dict[QUERIES].sql
-    async with _connection(request) as conn:
+    async with admin_connection(request) as conn:
         attempts = await conn.fetch(sql("console_event_attempts"), row["id"])  # $1 event id
         states = {r["destination"]: r["state"] for r in await conn.fetch(sql("console_event_deliveries"), [row["id"]])}
     table = request.config_dict[SETTINGS].source_table
@@ -271,7 +261,7 @@ async def _audit(conn: asyncpg.Connection, request: web.Request, who: Operator, 
 async def destinations_page(request: web.Request) -> web.StreamResponse:
     who = await _operator(request)
     _every_tenant(who)
-    async with _connection(request) as conn:
+    async with admin_connection(request) as conn:
         listed = await request.config_dict[ADMIN].overview(conn)
     return aiohttp_jinja2.render_template("destinations.html", request, {"destinations": listed, "operator": who})
 
@@ -281,7 +271,7 @@ async def destination_page(request: web.Request) -> web.StreamResponse:
     _every_tenant(who)
     name = request.match_info["name"]
     _destination(request, name)
-    async with _connection(request) as conn:
+    async with admin_connection(request) as conn:
         shown = next(d for d in await request.config_dict[ADMIN].overview(conn) if d["name"] == name)
         audit = await conn.fetch(request.config_dict[QUERIES].sql("console_audit_of"), name, 50)  # $1 name, $2 limit
     return aiohttp_jinja2.render_template("destination.html", request, {
@@ -296,7 +286,7 @@ async def destination_action(request: web.Request) -> web.StreamResponse:
     admin = request.config_dict[ADMIN]
     form = await request.post()
     detail: dict[str, Any] = {}
-    async with _connection(request) as conn:
+    async with admin_connection(request) as conn:
         if action == "replay":
             since = _time(str(form.get("since") or ""))
             if since is None:
@@ -335,7 +325,7 @@ async def retry_event(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     name = str(form.get("destination") or "")
     _destination(request, name)
-    async with _connection(request) as conn, conn.transaction():
+    async with admin_connection(request) as conn, conn.transaction():
         # $1 destination, $2 event id
         await conn.fetchval(request.config_dict[QUERIES].sql("console_retry_event"), name, row["id"])
         await _audit(conn, request, who, "retry_event", name, {"event_id": row["id"]})
@@ -348,7 +338,7 @@ async def overview_page(request: web.Request) -> web.StreamResponse:
     who = await _operator(request)
     _every_tenant(who)
     sql = request.config_dict[QUERIES].sql
-    async with _connection(request) as conn:
+    async with admin_connection(request) as conn:
         counts = await conn.fetch(sql("console_overview"))
         refused = await conn.fetch(sql("console_recent_rejections"), 50)  # $1 limit
         oldest = await conn.fetchval(sql("console_oldest_event"))
